@@ -1,0 +1,1 @@
+"""The Rankstream services: ingest, ranker, persister and gateway, and the ``rankstream`` command."""

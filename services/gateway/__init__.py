@@ -1,0 +1,1 @@
+"""The gateway: pushes rank changes to clients over WebSockets."""

@@ -1,0 +1,1 @@
+"""The ingest service: authenticates writers, validates events and appends them to the stream."""

@@ -1,0 +1,63 @@
+"""Bearer-key authentication for writes, with a short cache so revocation takes effect within seconds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import asyncpg
+
+from shared.api_keys import ApiKey, find_key, hash_key
+
+# Bounds the cache so a flood of random keys cannot grow memory without limit.
+MAX_CACHED_KEYS = 10_000
+
+
+class AuthError(Exception):
+    """A request is not allowed; ``status`` is 401 or 403."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def bearer_token(header: str | None) -> str:
+    """Return the key of an ``Authorization: Bearer`` header; raise AuthError (401) otherwise."""
+    if not header:
+        raise AuthError(401, "missing Authorization header; send 'Authorization: Bearer <key>'")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError(401, "Authorization header must be 'Bearer <key>'")
+    return token.strip()
+
+
+class Authenticator:
+    """Look keys up by hash in PostgreSQL, caching each answer for ``cache_ttl_s``."""
+
+    def __init__(self, pool: asyncpg.Pool, cache_ttl_s: float, clock: Callable[[], datetime]) -> None:
+        self.pool = pool
+        self.cache_ttl_s = cache_ttl_s
+        self.clock = clock
+        self._cache: dict[bytes, tuple[float, ApiKey | None]] = {}
+
+    async def authenticate(self, header: str | None) -> ApiKey:
+        """Return the key's metadata; raise AuthError (401) for a missing, unknown, revoked or expired key."""
+        token = bearer_token(header)
+        digest = hash_key(token)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            key = cached[1]
+        else:
+            key = await find_key(self.pool, token)
+            if len(self._cache) >= MAX_CACHED_KEYS:
+                self._cache.clear()
+            self._cache[digest] = (now + self.cache_ttl_s, key)
+        if key is None:
+            raise AuthError(401, "the API key is not valid; create one with 'rankstream keys create'")
+        if not key.usable_at(self.clock()):
+            state = "revoked" if key.revoked_at is not None else "expired"
+            raise AuthError(401, f"the API key is {state}; create a new one with 'rankstream keys create'")
+        return key

@@ -1,0 +1,62 @@
+"""POST /v1/events: validate, authorise per athlete, append, report per event."""
+
+from __future__ import annotations
+
+from aiohttp import web
+import msgspec
+import structlog
+
+from services.ingest.appender import CONFLICT, DUPLICATE
+from services.ingest.decode import BodyError, Rejection, decode_events
+from services.ingest.problems import problem
+from services.ingest.state import STATE_KEY, IngestState
+from shared.api_keys import KeyKind
+from shared.schema import EventResult, ScoreEvent
+
+log = structlog.get_logger(__name__)
+
+
+def _result_of(event: ScoreEvent, outcome: str) -> EventResult:
+    if outcome == DUPLICATE:
+        return EventResult(event_id=event.event_id, status="duplicate")
+    if outcome == CONFLICT:
+        return EventResult(
+            event_id=event.event_id, status="conflict", field="event_id",
+            reason="this event_id was accepted before with a different body; use a new event_id for a new event",
+        )
+    return EventResult(event_id=event.event_id, status="accepted", stream_id=outcome)
+
+
+async def post_events(request: web.Request) -> web.Response:
+    state: IngestState = request.app[STATE_KEY]
+    key = await state.authenticator.authenticate(request.headers.get("Authorization"))
+    body = await request.read()
+    try:
+        items = decode_events(body, state.boards)
+    except BodyError as error:
+        return problem(error.status, error.slug, error.title, error.detail)
+
+    # Device keys may only post for their own athlete.
+    if key.kind is KeyKind.DEVICE:
+        for item in items:
+            if isinstance(item, ScoreEvent) and item.user_id != key.user_id:
+                return problem(
+                    403, "forbidden-user", "Forbidden",
+                    f"this device key may post only for user_id {key.user_id!r}, not {item.user_id!r}",
+                )
+
+    events = [item for item in items if isinstance(item, ScoreEvent)]
+    outcomes = iter(await state.appender.append(events, state.clock()))
+    results: list[EventResult] = []
+    for item in items:
+        if isinstance(item, Rejection):
+            results.append(EventResult(event_id=item.event_id, status="rejected", field=item.error.field, reason=item.error.reason))
+        else:
+            results.append(_result_of(item, next(outcomes)))
+
+    counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}
+    for result in results:
+        counts[result.status] += 1
+    log.info("events posted", key_id=key.id, **counts)
+    status = 202 if counts["accepted"] else 200
+    return web.Response(status=status, body=msgspec.json.encode({"results": results}), content_type="application/json")

@@ -1,0 +1,41 @@
+"""Entry point of one ingest process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+from services.ingest.app import create_app
+from shared.boards import BoardRegistry, load_boards
+from shared.database import create_pool
+from shared.lifecycle import stop_on
+from shared.redis_client import connect_redis
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+async def run_ingest(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Serve HTTP until SIGINT/SIGTERM or until ``stop`` is set, then drain requests for up to 10 s."""
+    assert settings.redis_url is not None and settings.database_url is not None
+    boards = BoardRegistry(load_boards(settings.boards_file))
+    client = connect_redis(settings.redis_url, max_connections=256)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=5)
+    runner = web.AppRunner(create_app(settings, client, pool, boards), access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
+    await site.start()
+    log.info("ingest listening", host=settings.http_host, port=settings.http_port)
+    stopped = asyncio.Event()
+    stopper = stop_on(stop, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        if stopper is not None:
+            stopper.cancel()
+        await runner.cleanup()
+        await pool.close()
+        await client.aclose()
+        log.info("ingest stopped")

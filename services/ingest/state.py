@@ -1,0 +1,31 @@
+"""What the ingest handlers share: clients, boards, clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from datetime import datetime
+
+import asyncpg
+import redis.asyncio as redis
+
+from services.ingest.appender import Appender
+from services.ingest.auth import Authenticator
+from shared.boards import BoardRegistry
+from shared.names import Names
+
+
+@dataclass
+class IngestState:
+    redis: redis.Redis
+    pool: asyncpg.Pool
+    names: Names
+    boards: BoardRegistry
+    clock: Callable[[], datetime]
+    appender: Appender
+    authenticator: Authenticator
+
+
+STATE_KEY: web.AppKey[IngestState] = web.AppKey("state", IngestState)

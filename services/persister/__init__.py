@@ -1,0 +1,1 @@
+"""The persister: stores every accepted event in PostgreSQL exactly once."""

@@ -1,0 +1,42 @@
+"""Entry point of one persister process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from services.persister.persister import Persister
+from shared.database import create_pool
+from shared.lifecycle import stop_on
+from shared.names import PERSISTER_GROUP, Names
+from shared.redis_client import connect_redis
+from shared.settings import Settings
+from shared.stream import StreamConsumer, default_consumer_name
+
+log = structlog.get_logger(__name__)
+
+
+async def run_persister(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Consume the persister group until SIGINT/SIGTERM or until ``stop`` is set."""
+    assert settings.redis_url is not None and settings.database_url is not None
+    client = connect_redis(settings.redis_url)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    consumer_name = settings.consumer_name or default_consumer_name("persister")
+    structlog.contextvars.bind_contextvars(consumer=consumer_name)
+    persister = Persister(pool)
+    consumer = StreamConsumer(
+        client, Names(settings.namespace), PERSISTER_GROUP, consumer_name, persister.handle,
+        read_count=settings.persist_batch_size, block_ms=settings.block_ms, batch_wait_ms=settings.persist_max_wait_ms,
+    )
+    stopper = stop_on(stop, consumer.stop)
+    log.info("persister started")
+    try:
+        await consumer.run()
+    finally:
+        if stopper is not None:
+            stopper.cancel()
+        await pool.close()
+        await client.aclose()
+        log.info("persister stopped", events_inserted=persister.events_inserted)
+

@@ -1,0 +1,55 @@
+"""Bulk, idempotent insert of stream entries into the events table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from shared.stream import Entry
+
+# One statement for the whole batch: arrays are unnested server-side, and the
+# primary key on event_id turns a re-delivered event into a no-op.
+INSERT_EVENTS = """
+INSERT INTO events (event_id, user_id, metric, value, occurred_at, received_at, display_name, groups, stream_id)
+SELECT e.event_id, e.user_id, e.metric, e.value, e.occurred_at, e.received_at, e.display_name,
+       COALESCE(string_to_array(e.groups, chr(31)), '{}'), e.stream_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::timestamptz[], $6::timestamptz[],
+            $7::text[], $8::text[], $9::text[])
+     AS e(event_id, user_id, metric, value, occurred_at, received_at, display_name, groups, stream_id)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+_GROUP_SEPARATOR = "\x1f"
+
+
+def batch_columns(entries: Sequence[Entry]) -> list[list]:
+    """Return the nine column arrays of INSERT_EVENTS; a later duplicate of an event id in the batch is dropped."""
+    columns: list[list] = [[] for _ in range(9)]
+    seen: set[str] = set()
+    for entry in entries:
+        event = entry.event
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        row = (
+            event.event_id,
+            event.user_id,
+            event.metric,
+            float(event.value),
+            event.occurred_at,
+            event.received_at,
+            event.display_name,
+            _GROUP_SEPARATOR.join(event.groups) if event.groups else None,
+            entry.stream_id,
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+async def insert_events(connection: asyncpg.Connection, entries: Sequence[Entry]) -> int:
+    """Insert a batch in one transaction; return how many rows were new."""
+    async with connection.transaction():
+        status = await connection.execute(INSERT_EVENTS, *batch_columns(entries))
+    return int(status.rsplit(" ", 1)[1])

@@ -1,0 +1,1 @@
+"""The ranker: applies score events to board sorted sets and publishes rank changes."""

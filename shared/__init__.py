@@ -1,0 +1,1 @@
+"""Common code of the Rankstream services: settings, names, schemas and servers."""

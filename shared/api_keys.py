@@ -1,0 +1,97 @@
+"""API keys: creation, hashing and lookup. Only a SHA-256 hash of a key is stored.
+
+A key is ``rsk_`` followed by 43 URL-safe characters (32 random bytes), so a
+hash lookup needs no slow KDF: the key space is too large to guess.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+KEY_PREFIX = "rsk_"
+
+
+class KeyKind(enum.Enum):
+    """What a key may do: post for one athlete, post for anyone, or administer."""
+
+    DEVICE = "device"
+    SERVER = "server"
+    ADMIN = "admin"
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored key's metadata; never the key itself."""
+
+    id: int
+    name: str
+    kind: KeyKind
+    user_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def usable_at(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def new_key_text() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _row_to_key(row: asyncpg.Record) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        kind=KeyKind(row["kind"]),
+        user_id=row["user_id"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+_COLUMNS = "id, name, kind, user_id, created_at, expires_at, revoked_at"
+
+
+async def create_key(
+    connection: asyncpg.Connection,
+    name: str,
+    kind: KeyKind = KeyKind.SERVER,
+    user_id: str | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Store a new key's hash; return its metadata and the key text, which is shown once."""
+    if (kind is KeyKind.DEVICE) != (user_id is not None):
+        raise ValueError("a device key needs a user id, and only a device key takes one")
+    text = new_key_text()
+    row = await connection.fetchrow(
+        f"INSERT INTO api_keys (name, kind, user_id, key_hash, expires_at) VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
+        name, kind.value, user_id, hash_key(text), expires_at,
+    )
+    return _row_to_key(row), text
+
+
+async def find_key(connection: asyncpg.Connection | asyncpg.Pool, key: str) -> ApiKey | None:
+    """Return the metadata of ``key``, or None if no key has its hash."""
+    row = await connection.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = $1", hash_key(key))
+    return None if row is None else _row_to_key(row)
+
+
+async def list_keys(connection: asyncpg.Connection) -> list[ApiKey]:
+    return [_row_to_key(row) for row in await connection.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY id")]
+
+
+async def revoke_key(connection: asyncpg.Connection, key_id: int) -> bool:
+    """Mark a key revoked; return False if no unrevoked key has that id."""
+    status = await connection.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id)
+    return status == "UPDATE 1"

@@ -1,0 +1,55 @@
+"""Process lifecycle: signal handling and the event loop every service runs in."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def install_stop_signals(stop: Callable[[], None]) -> None:
+    """Call ``stop`` on the first SIGINT or SIGTERM; exit at once on the second."""
+    loop = asyncio.get_running_loop()
+    received = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal received
+        received += 1
+        if received == 1:
+            log.info("stop requested", signal=signal.Signals(signum).name)
+            stop()
+        else:
+            log.warning("second stop signal, exiting now", signal=signal.Signals(signum).name)
+            os._exit(1)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def run_until_stopped(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` on uvloop when available, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def stop_on(stop: asyncio.Event | None, callback: Callable[[], None]) -> asyncio.Task | None:
+    """Call ``callback`` on SIGINT/SIGTERM, or when ``stop`` is set if one is given (tests run services in-process)."""
+    if stop is None:
+        install_stop_signals(callback)
+        return None
+
+    async def wait_then_stop() -> None:
+        await stop.wait()
+        callback()
+
+    return asyncio.get_running_loop().create_task(wait_then_stop())

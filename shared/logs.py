@@ -1,0 +1,49 @@
+"""structlog setup shared by every service and command.
+
+Level policy: ERROR for failures we could not handle, WARNING for degraded but
+continuing work (a retry, a dropped client), INFO for lifecycle (start, listen,
+stop, connection opened or closed), DEBUG for per-message detail. Output is
+JSON when stderr is not a terminal and coloured text when it is. Records from
+the standard library (aiohttp, websockets, asyncpg) go through the same
+processors.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(level: str = "info", log_format: str = "auto", service: str | None = None) -> None:
+    """Configure structlog and the standard library logging for one process."""
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    shared_processors: list = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if service is not None:
+        structlog.contextvars.bind_contextvars(service=service)
+    renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[*shared_processors, structlog.processors.format_exc_info, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared_processors,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS[level])
+    # aiohttp's access log repeats what our request log records.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,108 @@
+"""Service settings read once from ``RANKSTREAM_*`` environment variables.
+
+Every variable, its default and its meaning is listed in ``docs/operations.md``.
+A bad value raises :class:`SettingsError` naming the variable and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+_NAMESPACE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value Rankstream cannot use."""
+
+
+def _read_int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer; set it to a whole number from {minimum} to {maximum}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name}={value} is out of range; set it to a whole number from {minimum} to {maximum}")
+    return value
+
+
+def _read_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    scheme = urlsplit(raw).scheme
+    if scheme not in schemes:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise SettingsError(f"{name} has scheme {scheme!r}; use a URL starting with {allowed}")
+    return raw
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Configuration shared by every service; build it with :meth:`from_env`."""
+
+    redis_url: str | None = None
+    database_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    ws_host: str = "127.0.0.1"
+    ws_port: int = 8001
+    data_dir: Path = field(default_factory=lambda: Path(".rankstream"))
+    boards_file: Path = field(default_factory=lambda: Path("deploy/boards.toml"))
+    namespace: str = "rs"
+    log_level: str = "info"
+    log_format: str = "auto"
+    consumer_name: str | None = None
+    read_count: int = 500
+    block_ms: int = 100
+    persist_batch_size: int = 1000
+    persist_max_wait_ms: int = 100
+    dedupe_ttl_s: int = 7 * 24 * 3600
+    api_key_cache_ttl_s: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); raise SettingsError on bad values."""
+        env = os.environ if env is None else env
+        namespace = env.get("RANKSTREAM_NAMESPACE") or "rs"
+        if not _NAMESPACE_PATTERN.match(namespace):
+            raise SettingsError(
+                f"RANKSTREAM_NAMESPACE={namespace!r} is invalid; use 1-32 lower-case letters, digits, '_' or '-', starting with a letter"
+            )
+        log_level = (env.get("RANKSTREAM_LOG_LEVEL") or "info").lower()
+        if log_level not in {"debug", "info", "warning", "error"}:
+            raise SettingsError(f"RANKSTREAM_LOG_LEVEL={log_level!r} is invalid; use debug, info, warning or error")
+        log_format = (env.get("RANKSTREAM_LOG_FORMAT") or "auto").lower()
+        if log_format not in {"auto", "json", "console"}:
+            raise SettingsError(f"RANKSTREAM_LOG_FORMAT={log_format!r} is invalid; use auto, json or console")
+        return cls(
+            redis_url=_read_url(env, "RANKSTREAM_REDIS_URL", ("redis", "rediss", "unix")),
+            database_url=_read_url(env, "RANKSTREAM_DATABASE_URL", ("postgres", "postgresql")),
+            http_host=env.get("RANKSTREAM_HTTP_HOST") or "127.0.0.1",
+            http_port=_read_int(env, "RANKSTREAM_HTTP_PORT", 8000, 0, 65535),
+            ws_host=env.get("RANKSTREAM_WS_HOST") or "127.0.0.1",
+            ws_port=_read_int(env, "RANKSTREAM_WS_PORT", 8001, 0, 65535),
+            data_dir=Path(env.get("RANKSTREAM_DATA_DIR") or ".rankstream"),
+            boards_file=Path(env.get("RANKSTREAM_BOARDS_FILE") or "deploy/boards.toml"),
+            namespace=namespace,
+            log_level=log_level,
+            log_format=log_format,
+            consumer_name=env.get("RANKSTREAM_CONSUMER_NAME") or None,
+            read_count=_read_int(env, "RANKSTREAM_READ_COUNT", 500, 1, 10_000),
+            block_ms=_read_int(env, "RANKSTREAM_BLOCK_MS", 100, 1, 60_000),
+            persist_batch_size=_read_int(env, "RANKSTREAM_PERSIST_BATCH_SIZE", 1000, 1, 10_000),
+            persist_max_wait_ms=_read_int(env, "RANKSTREAM_PERSIST_MAX_WAIT_MS", 100, 0, 60_000),
+            dedupe_ttl_s=_read_int(env, "RANKSTREAM_DEDUPE_TTL_S", 7 * 24 * 3600, 7 * 24 * 3600, 366 * 24 * 3600),
+            api_key_cache_ttl_s=_read_int(env, "RANKSTREAM_API_KEY_CACHE_TTL_S", 5, 0, 300),
+        )
+
+    def with_servers(self, redis_url: str, database_url: str) -> Settings:
+        """Return a copy that points at the given servers."""
+        return replace(self, redis_url=redis_url, database_url=database_url)

@@ -1,0 +1,76 @@
+"""Period derivation from occurred_at: ISO weeks, months, days, bounds."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from shared.boards import Board, Operator, Reset
+from shared.periods import period_bounds, period_of, previous_period, resolve_period
+
+
+def board(reset: Reset, timezone_name: str = "UTC") -> Board:
+    return Board(id="b", metric="m", operator=Operator.SUM, reset=reset, timezone=timezone_name)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.mark.parametrize(
+    ("instant", "expected"),
+    [
+        ("2024-12-29T12:00:00Z", "2024-W52"),
+        ("2024-12-30T00:00:00Z", "2025-W01"),
+        ("2025-01-05T23:59:59Z", "2025-W01"),
+        ("2025-01-06T00:00:00Z", "2025-W02"),
+        ("2020-12-31T10:00:00Z", "2020-W53"),
+        ("2021-01-03T10:00:00Z", "2020-W53"),
+        ("2026-12-31T10:00:00Z", "2026-W53"),
+        ("2027-01-04T00:00:00Z", "2027-W01"),
+    ],
+)
+def test_weekly_period_is_iso_week(instant: str, expected: str) -> None:
+    """Weekly periods follow ISO 8601 weeks across year boundaries."""
+    assert period_of(board(Reset.WEEKLY), utc(instant)) == expected
+
+
+def test_period_uses_offset_of_occurred_at() -> None:
+    """An instant given with an offset is placed by its UTC time on a UTC board."""
+    assert period_of(board(Reset.WEEKLY), datetime.fromisoformat("2025-01-06T00:30:00+01:00")) == "2025-W01"
+    assert period_of(board(Reset.MONTHLY), datetime.fromisoformat("2026-01-01T00:30:00+02:00")) == "2025-12"
+
+
+def test_daily_period_in_board_time_zone() -> None:
+    """A New York daily board cuts days at local midnight, including the 25-hour day."""
+    new_york = board(Reset.DAILY, "America/New_York")
+    assert period_of(new_york, utc("2024-11-03T04:30:00Z")) == "2024-11-03"
+    assert period_of(new_york, utc("2024-11-04T04:30:00Z")) == "2024-11-03"
+    assert period_of(new_york, utc("2024-11-04T05:10:00Z")) == "2024-11-04"
+    start, end = period_bounds(new_york, "2024-11-03")
+    assert start == utc("2024-11-03T04:00:00Z")
+    assert end == utc("2024-11-04T05:00:00Z")
+
+
+def test_monthly_bounds_and_previous() -> None:
+    """Monthly bounds span the calendar month; previous of January is December."""
+    monthly = board(Reset.MONTHLY)
+    assert period_bounds(monthly, "2024-02") == (utc("2024-02-01T00:00:00Z"), utc("2024-03-01T00:00:00Z"))
+    assert previous_period(monthly, utc("2026-01-15T00:00:00Z")) == "2025-12"
+
+
+def test_all_time_board_has_one_period() -> None:
+    """A board that never resets has the single period 'all'."""
+    forever = board(Reset.NEVER)
+    assert period_of(forever, utc("2015-08-15T14:45:08Z")) == "all"
+    assert resolve_period(forever, "current", utc("2026-12-04T00:00:00Z")) == "all"
+    with pytest.raises(ValueError, match="never resets"):
+        resolve_period(forever, "2026-W49", utc("2026-12-04T00:00:00Z"))
+
+
+@pytest.mark.parametrize("bad", ["2026-W54", "2026-13", "2026-W1x", "last"])
+def test_invalid_period_ids_rejected(bad: str) -> None:
+    """Malformed or impossible period ids raise ValueError."""
+    with pytest.raises(ValueError):
+        resolve_period(board(Reset.WEEKLY) if "W" in bad else board(Reset.MONTHLY), bad, utc("2026-12-04T00:00:00Z"))

@@ -1,0 +1,138 @@
+"""The ranker's apply step against a real Valkey/Redis: operators, ranks, at-most-once effect."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import msgspec
+import pytest
+import redis.asyncio as redis
+
+from services.ranker.ranker import Ranker
+from shared.boards import Board, BoardRegistry, Operator, Order, Reset
+from shared.names import Names
+from shared.schema import StreamEvent
+from shared.settings import Settings
+from shared.standings import read_top, read_user
+from shared.stream import Entry
+
+WHEN = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
+
+
+def entry(number: int, user: str, value: float, metric: str = "m", occurred_at: datetime = WHEN) -> Entry:
+    return Entry(
+        stream_id=f"{number}-0",
+        event=StreamEvent(
+            event_id=f"e{number}", user_id=user, metric=metric, value=value, occurred_at=occurred_at, received_at=WHEN
+        ),
+    )
+
+
+def make_ranker(client: redis.Redis, settings: Settings, *boards: Board) -> Ranker:
+    return Ranker(client, Names(settings.namespace), BoardRegistry(boards))
+
+
+async def scores(client: redis.Redis, settings: Settings, board: Board, period: str = "all") -> list[tuple[int, str, float]]:
+    return [(s.rank, s.user_id, s.score) for s in await read_top(client, Names(settings.namespace), board, period, 100)]
+
+
+async def test_sum_adds_values(redis_client: redis.Redis, settings: Settings) -> None:
+    """The sum operator adds every event's value."""
+    board = Board(id="sum", metric="m", operator=Operator.SUM)
+    ranker = make_ranker(redis_client, settings, board)
+    await ranker.handle([entry(1, "a", 300), entry(2, "a", 200), entry(3, "b", 450)])
+    assert await scores(redis_client, settings, board) == [(1, "a", 500), (2, "b", 450)]
+
+
+async def test_best_higher_keeps_maximum(redis_client: redis.Redis, settings: Settings) -> None:
+    """best with higher-is-better keeps the largest single value."""
+    board = Board(id="best-hi", metric="m", operator=Operator.BEST, order=Order.HIGHER, decimals=2)
+    ranker = make_ranker(redis_client, settings, board)
+    await ranker.handle([entry(1, "a", 5000.5), entry(2, "a", 9008.22), entry(3, "a", 7000), entry(4, "b", 9008.23)])
+    assert await scores(redis_client, settings, board) == [(1, "b", 9008.23), (2, "a", 9008.22)]
+
+
+async def test_best_lower_keeps_minimum(redis_client: redis.Redis, settings: Settings) -> None:
+    """best with lower-is-better keeps the smallest value and ranks it first."""
+    board = Board(id="best-lo", metric="m", operator=Operator.BEST, order=Order.LOWER, decimals=1)
+    ranker = make_ranker(redis_client, settings, board)
+    await ranker.handle([entry(1, "a", 1500.4), entry(2, "a", 1700), entry(3, "b", 1400.1), entry(4, "b", 1450)])
+    assert await scores(redis_client, settings, board) == [(1, "b", 1400.1), (2, "a", 1500.4)]
+
+
+async def test_latest_keeps_last_by_occurred_at(redis_client: redis.Redis, settings: Settings) -> None:
+    """latest keeps the value with the latest occurred_at, whatever the arrival order."""
+    board = Board(id="latest", metric="m", operator=Operator.LATEST)
+    ranker = make_ranker(redis_client, settings, board)
+    later = datetime(2026, 12, 2, 13, 0, tzinfo=timezone.utc)
+    await ranker.handle([entry(1, "a", 70, occurred_at=later), entry(2, "a", 80, occurred_at=WHEN)])
+    assert await scores(redis_client, settings, board) == [(1, "a", 70)]
+
+
+async def test_count_counts_events(redis_client: redis.Redis, settings: Settings) -> None:
+    """count adds one per event whatever its value."""
+    board = Board(id="count", metric="m", operator=Operator.COUNT)
+    ranker = make_ranker(redis_client, settings, board)
+    await ranker.handle([entry(1, "a", 70), entry(2, "a", 3), entry(3, "b", 1000)])
+    assert await scores(redis_client, settings, board) == [(1, "a", 2), (2, "b", 1)]
+
+
+async def test_redelivered_batch_counts_once(redis_client: redis.Redis, settings: Settings) -> None:
+    """Applying the same entries again, as after a crash before the ack, changes nothing."""
+    board = Board(id="sum", metric="m", operator=Operator.SUM)
+    ranker = make_ranker(redis_client, settings, board)
+    await ranker.handle([entry(1, "a", 300)])
+    await ranker.handle([entry(1, "a", 300), entry(2, "a", 200)])
+    assert await scores(redis_client, settings, board) == [(1, "a", 500)]
+
+
+async def test_ties_share_rank(redis_client: redis.Redis, settings: Settings) -> None:
+    """Equal scores share a rank and the next rank skips: 1, 2, 2, 4, 5, 5."""
+    board = Board(id="ties", metric="m", operator=Operator.SUM)
+    ranker = make_ranker(redis_client, settings, board)
+    values = {"a": 101, "b": 100, "c": 100, "d": 99, "e": 0, "f": 0}
+    await ranker.handle([entry(i, user, value) for i, (user, value) in enumerate(values.items())])
+    ranks = [(rank, score) for rank, _user, score in await scores(redis_client, settings, board)]
+    assert ranks == [(1, 101), (2, 100), (2, 100), (4, 99), (5, 0), (5, 0)]
+    names = Names(settings.namespace)
+    page = await read_top(redis_client, names, board, "all", 2, offset=2)
+    assert [(s.rank, s.score) for s in page] == [(2, 100), (4, 99)]
+    mine = await read_user(redis_client, names, board, "all", "c", around=1)
+    assert mine is not None
+    assert (mine.rank, mine.score, mine.participants) == (2, 100, 6)
+    # Within a tie, higher user ids come first, so c (position 1) sits between a and b.
+    assert [(s.user_id, s.rank) for s in mine.neighbours] == [("a", 1), ("b", 2)]
+
+
+async def test_publishes_rank_changes(redis_client: redis.Redis, settings: Settings) -> None:
+    """Each batch publishes one update per board period with old and new rank and score."""
+    board = Board(id="pub", metric="m", operator=Operator.SUM, reset=Reset.WEEKLY)
+    ranker = make_ranker(redis_client, settings, board)
+    await ranker.handle([entry(1, "a", 10)])
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(Names(settings.namespace).rank_changes_channel)
+    await ranker.handle([entry(2, "b", 15)])
+    message = None
+    for _ in range(50):
+        message = await pubsub.get_message(timeout=0.1)
+        if message is not None:
+            break
+    await pubsub.aclose()
+    assert message is not None
+    update = msgspec.json.decode(message["data"])
+    assert update == {
+        "board": "pub",
+        "period": "2026-W49",
+        "seq": 2,
+        "changes": [{"user_id": "b", "score": 15, "rank": 1, "old_score": None, "old_rank": None}],
+    }
+
+
+@pytest.mark.parametrize("value", [2**53 + 2, 1e300])
+def test_unrepresentable_value_rejected_by_board(value: float) -> None:
+    """A value beyond 2^53 after scaling cannot be ranked exactly and raises."""
+    from shared.boards import BoardError
+
+    board = Board(id="x", metric="m", operator=Operator.SUM, decimals=2)
+    with pytest.raises(BoardError, match="exceeds 2\\^53"):
+        board.sort_score(value)
