@@ -32,7 +32,7 @@ def utc_now() -> datetime:
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Bind a request id, and answer every error as problem+json without a stack trace."""
+    """Bind a request id and turn every error into problem+json without a stack trace."""
     structlog.contextvars.clear_contextvars()
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     structlog.contextvars.bind_contextvars(request_id=request_id[:64], method=request.method, path=request.path)
