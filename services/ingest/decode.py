@@ -112,6 +112,11 @@ def _checked(event: ScoreEvent, boards: BoardRegistry) -> Item:
     return event
 
 
+def check_item(event: ScoreEvent, boards: BoardRegistry) -> Item:
+    """Return ``event`` if it passes the value and board checks of POST /v1/events, else its Rejection."""
+    return _checked(event, boards)
+
+
 def decode_events(body: bytes, boards: BoardRegistry) -> list[Item]:
     """Decode a request body into one item per event, in request order.
 

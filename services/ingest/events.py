@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 import msgspec
 import structlog
 
 from services.ingest.appender import CONFLICT, DUPLICATE
-from services.ingest.decode import BodyError, Rejection, decode_events
+from services.ingest.decode import BodyError, Item, Rejection, decode_events
 from services.ingest.problems import problem
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
@@ -25,6 +27,19 @@ def _result_of(event: ScoreEvent, outcome: str) -> EventResult:
             reason="this event_id was accepted before with a different body; use a new event_id for a new event",
         )
     return EventResult(event_id=event.event_id, status="accepted", stream_id=outcome)
+
+
+async def append_items(state: IngestState, items: Sequence[Item]) -> list[EventResult]:
+    """Append the valid events of ``items`` in one script call; return one result per item, in order."""
+    events = [item for item in items if isinstance(item, ScoreEvent)]
+    outcomes = iter(await state.appender.append(events, state.clock()))
+    results: list[EventResult] = []
+    for item in items:
+        if isinstance(item, Rejection):
+            results.append(EventResult(event_id=item.event_id, status="rejected", field=item.error.field, reason=item.error.reason))
+        else:
+            results.append(_result_of(item, next(outcomes)))
+    return results
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -45,15 +60,7 @@ async def post_events(request: web.Request) -> web.Response:
                     f"this device key may post only for user_id {key.user_id!r}, not {item.user_id!r}",
                 )
 
-    events = [item for item in items if isinstance(item, ScoreEvent)]
-    outcomes = iter(await state.appender.append(events, state.clock()))
-    results: list[EventResult] = []
-    for item in items:
-        if isinstance(item, Rejection):
-            results.append(EventResult(event_id=item.event_id, status="rejected", field=item.error.field, reason=item.error.reason))
-        else:
-            results.append(_result_of(item, next(outcomes)))
-
+    results = await append_items(state, items)
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}
     for result in results:
         counts[result.status] += 1
