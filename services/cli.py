@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 
 import structlog
 
@@ -59,26 +59,34 @@ async def _with_connection(settings: Settings, work: Callable) -> object:
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.api_keys import KeyKind, create_key, list_keys, revoke_key
+    from services.keys_command import create_audited, list_audited, revoke_audited
+    from shared.api_keys import InvalidKeyRequest, KeyKind
 
     settings = resolve_servers(settings)
     if args.keys_command == "create":
         kind = KeyKind(args.kind)
         if (kind is KeyKind.DEVICE) != (args.user is not None):
             raise SettingsError("--user is required with --kind device and not allowed with other kinds")
-        expires_at = datetime.fromisoformat(args.expires) if args.expires else None
+        try:
+            expires_at = datetime.fromisoformat(args.expires) if args.expires else None
+        except ValueError:
+            raise SettingsError(f"--expires {args.expires!r} is not an RFC 3339 instant; write one such as 2027-01-01T00:00:00Z") from None
         if expires_at is not None and expires_at.tzinfo is None:
             raise SettingsError("--expires needs a time zone offset, for example 2027-01-01T00:00:00Z")
-        key, text = asyncio.run(_with_connection(settings, lambda c: create_key(c, args.name, kind, args.user, expires_at)))
+        try:
+            key, text = asyncio.run(_with_connection(settings, lambda c: create_audited(c, args.name, kind, args.user, expires_at)))
+        except InvalidKeyRequest as error:
+            raise SettingsError(f"--{'user' if error.field == 'user_id' else error.field}: {error}") from None
         log.info("api key created", key_id=key.id, name=key.name, kind=key.kind.value)
         print(f"created {key.kind.value} key {key.id} ({key.name}); store it now, it is not shown again:")
         print(text)
     elif args.keys_command == "list":
-        for key in asyncio.run(_with_connection(settings, list_keys)):
-            state = "revoked" if key.revoked_at else "active"
-            print(f"{key.id}\t{key.name}\t{key.kind.value}\t{key.user_id or '-'}\t{state}\t{key.created_at.isoformat()}")
+        for key in asyncio.run(_with_connection(settings, list_audited)):
+            state = "revoked" if key.revoked_at else "active" if key.usable_at(datetime.now(timezone.utc)) else "expired"
+            expires = key.expires_at.isoformat() if key.expires_at else "-"
+            print(f"{key.id}\t{key.name}\t{key.kind.value}\t{key.user_id or '-'}\t{state}\t{key.created_at.isoformat()}\t{expires}")
     else:
-        revoked = asyncio.run(_with_connection(settings, lambda c: revoke_key(c, args.id)))
+        revoked = asyncio.run(_with_connection(settings, lambda c: revoke_audited(c, args.id)))
         if not revoked:
             print(f"no active key has id {args.id}", file=sys.stderr)
             return 1

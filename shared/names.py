@@ -12,6 +12,8 @@ braces), so the layout works unchanged on Redis Cluster:
   sequence number and ``...:latest_at`` the time of each athlete's latest value.
   The ranker's apply script touches only these, so they share one tag.
 - ``{ns}:users:names`` maps user id to display name.
+- ``{ns}:ratelimit:<subject>`` is the token bucket of one API key (subject
+  ``key:<id>``), touched only by the ingest rate-limit script.
 - ``{ns}:rank-changes`` is the pub/sub channel of rank changes.
 
 The namespace ``ns`` (``RANKSTREAM_NAMESPACE``, default ``rs``) lets several
@@ -29,6 +31,7 @@ CONSUMER_GROUPS = (RANKER_GROUP, PERSISTER_GROUP)
 # Tables in PostgreSQL.
 EVENTS_TABLE = "events"
 API_KEYS_TABLE = "api_keys"
+AUDIT_LOG_TABLE = "audit_log"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class Names:
 
     def seen_event(self, event_id: str) -> str:
         return f"{self.namespace}:{{events}}:seen:{event_id}"
+
+    def rate_limit_bucket(self, subject: str) -> str:
+        return f"{self.namespace}:ratelimit:{subject}"
 
     @property
     def rank_changes_channel(self) -> str:

@@ -44,6 +44,56 @@ def _read_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> st
     return raw
 
 
+_METRIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+# Per-metric plausibility bounds of one event, as (minimum, maximum); None is unbounded.
+# The 5 km minimum is the men's world record, 12:35.36 (Joshua Cheptegei, 2020).
+DEFAULT_METRIC_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "pushups": (0, 1500),
+    "run_distance_m": (0, 350_000),
+    "run_5k_time_s": (755.36, 86_400),
+}
+
+
+def _read_metrics(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name) or ""
+    metrics = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for metric in metrics:
+        if not _METRIC_PATTERN.match(metric):
+            raise SettingsError(f"{name} contains {metric!r}; list metric names of lower-case letters, digits and '_', separated by commas")
+    return metrics
+
+
+def _read_bound(name: str, entry: str, text: str) -> float | None:
+    if text.strip() == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingsError(f"{name} entry {entry!r} has bound {text!r}, which is not a finite number; write METRIC=MIN:MAX, such as pushups=0:1500")
+    return value
+
+
+def _read_metric_bounds(env: Mapping[str, str], name: str) -> dict[str, tuple[float | None, float | None]]:
+    """Return the default bounds updated by entries such as ``pushups=0:1500,plank_s=:3600``."""
+    bounds = dict(DEFAULT_METRIC_BOUNDS)
+    for entry in (env.get(name) or "").split(","):
+        if not entry.strip():
+            continue
+        metric, equals, limits = entry.strip().partition("=")
+        minimum_text, colon, maximum_text = limits.partition(":")
+        if not equals or not colon or not _METRIC_PATTERN.match(metric):
+            raise SettingsError(f"{name} entry {entry!r} is invalid; write METRIC=MIN:MAX, such as pushups=0:1500, leaving a side empty for no bound")
+        minimum = _read_bound(name, entry, minimum_text)
+        maximum = _read_bound(name, entry, maximum_text)
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise SettingsError(f"{name} entry {entry!r} has a minimum above its maximum; swap them")
+        bounds[metric] = (minimum, maximum)
+    return bounds
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Configuration shared by every service; build it with :meth:`from_env`."""
@@ -66,6 +116,13 @@ class Settings:
     persist_max_wait_ms: int = 100
     dedupe_ttl_s: int = 7 * 24 * 3600
     api_key_cache_ttl_s: int = 5
+    max_body_bytes: int = 1024 * 1024
+    max_events_per_request: int = 1000
+    rate_limit_per_minute: int = 600
+    rate_limit_burst_requests: int = 100
+    max_clock_skew_s: int = 60
+    allowed_metrics: tuple[str, ...] = ()
+    metric_bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=lambda: dict(DEFAULT_METRIC_BOUNDS))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,6 +158,13 @@ class Settings:
             persist_max_wait_ms=_read_int(env, "RANKSTREAM_PERSIST_MAX_WAIT_MS", 100, 0, 60_000),
             dedupe_ttl_s=_read_int(env, "RANKSTREAM_DEDUPE_TTL_S", 7 * 24 * 3600, 7 * 24 * 3600, 366 * 24 * 3600),
             api_key_cache_ttl_s=_read_int(env, "RANKSTREAM_API_KEY_CACHE_TTL_S", 5, 0, 300),
+            max_body_bytes=_read_int(env, "RANKSTREAM_MAX_BODY_BYTES", 1024 * 1024, 1024, 16 * 1024 * 1024),
+            max_events_per_request=_read_int(env, "RANKSTREAM_MAX_EVENTS_PER_REQUEST", 1000, 1, 10_000),
+            rate_limit_per_minute=_read_int(env, "RANKSTREAM_RATE_LIMIT_PER_MINUTE", 600, 0, 6_000_000),
+            rate_limit_burst_requests=_read_int(env, "RANKSTREAM_RATE_LIMIT_BURST_REQUESTS", 100, 1, 1_000_000),
+            max_clock_skew_s=_read_int(env, "RANKSTREAM_MAX_CLOCK_SKEW_S", 60, 0, 3600),
+            allowed_metrics=_read_metrics(env, "RANKSTREAM_ALLOWED_METRICS"),
+            metric_bounds=_read_metric_bounds(env, "RANKSTREAM_METRIC_BOUNDS"),
         )
 
     def with_servers(self, redis_url: str, database_url: str) -> Settings:

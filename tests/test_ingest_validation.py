@@ -140,7 +140,7 @@ async def test_duplicate_and_conflict(settings: Settings, redis_client) -> None:
     async with ingest_client(settings) as http:
         first = await http.post("/v1/events", json=VALID, headers=headers)
         again = await http.post("/v1/events", json=VALID, headers=headers)
-        changed = await http.post("/v1/events", json={**VALID, "value": 9999}, headers=headers)
+        changed = await http.post("/v1/events", json={**VALID, "value": 1500}, headers=headers)
         again_body = await again.json()
         changed_body = await changed.json()
     assert first.status == 202

@@ -14,7 +14,12 @@ from aiohttp import web
 from services.ingest.appender import Appender
 from services.ingest.auth import AuthError, Authenticator
 from services.ingest.events import post_events
+from services.ingest.admin_keys import delete_key, get_keys, post_key
+from services.ingest.openapi import get_openapi
 from services.ingest.problems import problem
+from services.ingest.rate_limit import RateLimited, RateLimiter
+from services.ingest.rules import EventRules
+from services.ingest.security import SECURITY_KEY, Security
 from services.ingest.reads import get_top, get_user, list_boards
 from services.ingest.state import STATE_KEY, IngestState
 from shared.boards import BoardRegistry
@@ -22,8 +27,6 @@ from shared.names import Names
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-MAX_BODY_BYTES = 1024 * 1024
 
 
 def utc_now() -> datetime:
@@ -43,8 +46,16 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         headers = {"WWW-Authenticate": 'Bearer realm="rankstream"'} if error.status == 401 else None
         log.info("request not authorised", status=error.status)
         response = problem(error.status, "unauthorized" if error.status == 401 else "forbidden", title, error.detail, headers=headers)
+    except RateLimited as error:
+        log.info("request rate limited", retry_after_ms=error.allowance.retry_after_ms)
+        response = problem(
+            429, "rate-limited", "Too many requests",
+            f"this key may make {error.limit_per_minute} requests per minute; retry after {error.allowance.retry_after_s} s",
+            headers={"Retry-After": str(error.allowance.retry_after_s)},
+        )
     except web.HTTPRequestEntityTooLarge:
-        response = problem(413, "body-too-large", "Body too large", f"the request body exceeds {MAX_BODY_BYTES} bytes; send at most 1 MiB per request")
+        max_body_bytes = request.app[SECURITY_KEY].max_body_bytes
+        response = problem(413, "body-too-large", "Body too large", f"the request body exceeds {max_body_bytes} bytes; send a smaller batch")
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -68,8 +79,14 @@ def create_app(
     clock: Callable[[], datetime] = utc_now,
 ) -> web.Application:
     """Build the application around already opened clients; the caller closes them."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[problem_middleware])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[problem_middleware])
     names = Names(settings.namespace)
+    app[SECURITY_KEY] = Security(
+        rules=EventRules.build(boards.by_metric, settings.allowed_metrics, settings.metric_bounds, settings.max_clock_skew_s),
+        rate_limiter=RateLimiter(client, names, settings.rate_limit_per_minute, settings.rate_limit_burst_requests),
+        max_events_per_request=settings.max_events_per_request,
+        max_body_bytes=settings.max_body_bytes,
+    )
     app[STATE_KEY] = IngestState(
         redis=client,
         pool=pool,
@@ -84,4 +101,8 @@ def create_app(
     app.router.add_get("/v1/boards/{board}/top", get_top)
     app.router.add_get("/v1/boards/{board}/users/{user_id}", get_user)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/openapi.json", get_openapi)
+    app.router.add_post("/v1/admin/keys", post_key)
+    app.router.add_get("/v1/admin/keys", get_keys)
+    app.router.add_delete(r"/v1/admin/keys/{key_id:\d{1,18}}", delete_key)
     return app

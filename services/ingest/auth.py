@@ -1,4 +1,4 @@
-"""Bearer-key authentication for writes, with a short cache so revocation takes effect within seconds."""
+"""Bearer-key authentication and per-kind permissions, with a short cache so revocation takes effect within seconds."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.api_keys import ApiKey, find_key, hash_key
+from shared.api_keys import ApiKey, KeyKind, find_key, hash_key
 
 # Bounds the cache so a flood of random keys cannot grow memory without limit.
 MAX_CACHED_KEYS = 10_000
+# Real keys are 47 characters; anything much longer is rejected before hashing.
+MAX_KEY_CHARACTERS = 256
 
 
 class AuthError(Exception):
@@ -30,7 +32,21 @@ def bearer_token(header: str | None) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError(401, "Authorization header must be 'Bearer <key>'")
+    if len(token.strip()) > MAX_KEY_CHARACTERS:
+        raise AuthError(401, "the API key is not valid; create one with 'rankstream keys create'")
     return token.strip()
+
+
+def require_poster(key: ApiKey) -> None:
+    """Raise AuthError (403) unless ``key`` may post events: device and server keys may, admin keys may not."""
+    if key.kind is KeyKind.ADMIN:
+        raise AuthError(403, "admin keys manage Rankstream and cannot post events; post with a server or device key")
+
+
+def require_admin(key: ApiKey) -> None:
+    """Raise AuthError (403) unless ``key`` is an admin key."""
+    if key.kind is not KeyKind.ADMIN:
+        raise AuthError(403, f"this endpoint needs an admin key, and this is a {key.kind.value} key")
 
 
 class Authenticator:
@@ -61,3 +77,7 @@ class Authenticator:
             state = "revoked" if key.revoked_at is not None else "expired"
             raise AuthError(401, f"the API key is {state}; create a new one with 'rankstream keys create'")
         return key
+
+    def forget(self) -> None:
+        """Drop every cached answer, so a revocation made by this process applies at once."""
+        self._cache.clear()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from services.ingest.rules import EventRules
 from shared.boards import BoardError, BoardRegistry
 from shared.schema import FieldError, ScoreEvent, check_event, field_error_from_validation
 
@@ -100,9 +102,12 @@ def _convert(item: Any) -> Item:
         return Rejection(event_id, field_error_from_validation(error))
 
 
-def _checked(event: ScoreEvent, boards: BoardRegistry) -> Item:
+def _checked(event: ScoreEvent, boards: BoardRegistry, rules: EventRules | None, now: datetime | None) -> Item:
     try:
-        check_event(event)
+        if rules is not None and now is not None:
+            event = rules.apply(event, now)
+        else:
+            check_event(event)
         for board in boards.for_metric(event.metric):
             board.sort_score(event.value)
     except FieldError as error:
@@ -112,27 +117,39 @@ def _checked(event: ScoreEvent, boards: BoardRegistry) -> Item:
     return event
 
 
-def check_item(event: ScoreEvent, boards: BoardRegistry) -> Item:
-    """Return ``event`` if it passes the value and board checks of POST /v1/events, else its Rejection."""
-    return _checked(event, boards)
+def check_item(event: ScoreEvent, boards: BoardRegistry, rules: EventRules | None = None, now: datetime | None = None) -> Item:
+    """Return ``event`` if it passes the value and board checks of POST /v1/events, else its Rejection.
+
+    With ``rules`` and ``now`` the anti-cheat rules apply too, and the event
+    returned has its display name cleaned.
+    """
+    return _checked(event, boards, rules, now)
 
 
-def decode_events(body: bytes, boards: BoardRegistry) -> list[Item]:
+def decode_events(
+    body: bytes,
+    boards: BoardRegistry,
+    rules: EventRules | None = None,
+    now: datetime | None = None,
+    max_events: int = MAX_EVENTS_PER_REQUEST,
+) -> list[Item]:
     """Decode a request body into one item per event, in request order.
 
     Raises BodyError when the body is not JSON, has the wrong shape or holds more
-    than MAX_EVENTS_PER_REQUEST events; a bad event only rejects that event.
+    than ``max_events`` events; a bad event only rejects that event. With
+    ``rules`` and ``now`` each event also passes the anti-cheat rules and comes
+    back with its display name cleaned; without them only the value is checked.
     """
     events = _fast_decode(body)
     if events is not None:
         items: list[Item] = list(events)
     else:
         items = [_convert(item) for item in _items_of(_generic_decode(body))]
-    if len(items) > MAX_EVENTS_PER_REQUEST:
+    if len(items) > max_events:
         raise BodyError(
             413, "too-many-events", "Too many events",
-            f"the request holds {len(items)} events; send at most {MAX_EVENTS_PER_REQUEST} per request",
+            f"the request holds {len(items)} events; send at most {max_events} per request",
         )
     if not items:
         raise BodyError(400, "invalid-body", "Invalid body", "the request holds no events; send at least one")
-    return [item if isinstance(item, Rejection) else _checked(item, boards) for item in items]
+    return [item if isinstance(item, Rejection) else _checked(item, boards, rules, now) for item in items]

@@ -9,8 +9,10 @@ import msgspec
 import structlog
 
 from services.ingest.appender import CONFLICT, DUPLICATE
+from services.ingest.auth import require_poster
 from services.ingest.decode import BodyError, Item, Rejection, decode_events
 from services.ingest.problems import problem
+from services.ingest.security import SECURITY_KEY
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
 from shared.schema import EventResult, ScoreEvent
@@ -44,10 +46,13 @@ async def append_items(state: IngestState, items: Sequence[Item]) -> list[EventR
 
 async def post_events(request: web.Request) -> web.Response:
     state: IngestState = request.app[STATE_KEY]
+    security = request.app[SECURITY_KEY]
     key = await state.authenticator.authenticate(request.headers.get("Authorization"))
+    require_poster(key)
+    await security.rate_limiter.check(f"key:{key.id}")
     body = await request.read()
     try:
-        items = decode_events(body, state.boards)
+        items = decode_events(body, state.boards, security.rules, state.clock(), security.max_events_per_request)
     except BodyError as error:
         return problem(error.status, error.slug, error.title, error.detail)
 

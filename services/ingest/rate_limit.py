@@ -1,0 +1,66 @@
+"""Per-key rate limits: one token bucket per API key in Redis, taken from by one atomic script."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+
+import redis.asyncio as redis
+
+from shared.names import Names
+
+RATE_LIMIT_SCRIPT = resources.files("services.ingest").joinpath("rate_limit.lua").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """The outcome of taking from a bucket."""
+
+    allowed: bool
+    retry_after_ms: int
+    remaining: int
+
+    @property
+    def retry_after_s(self) -> int:
+        """Whole seconds to wait, rounded up, as the ``Retry-After`` header carries them."""
+        return max(1, math.ceil(self.retry_after_ms / 1000))
+
+
+class RateLimited(Exception):
+    """A key has used up its allowance; retry after ``retry_after_s``."""
+
+    def __init__(self, allowance: Allowance, limit_per_minute: int) -> None:
+        super().__init__(f"rate limit of {limit_per_minute} requests per minute exceeded")
+        self.allowance = allowance
+        self.limit_per_minute = limit_per_minute
+
+
+class RateLimiter:
+    """Token buckets of ``burst_requests`` tokens refilled at ``per_minute`` tokens a minute.
+
+    Each request costs one token, whatever its number of events. A
+    ``per_minute`` of 0 turns limiting off.
+    """
+
+    def __init__(self, client: redis.Redis, names: Names, per_minute: int, burst_requests: int) -> None:
+        self.names = names
+        self.per_minute = per_minute
+        self.burst_requests = burst_requests
+        self.script = client.register_script(RATE_LIMIT_SCRIPT)
+
+    async def take(self, subject: str) -> Allowance:
+        """Take one token from ``subject``'s bucket; return whether the request may go on."""
+        if self.per_minute == 0:
+            return Allowance(True, 0, self.burst_requests)
+        allowed, wait_ms, remaining = await self.script(
+            keys=[self.names.rate_limit_bucket(subject)], args=[self.burst_requests, self.per_minute, 1]
+        )
+        return Allowance(bool(allowed), int(wait_ms), int(remaining))
+
+    async def check(self, subject: str) -> Allowance:
+        """Take one token; raise RateLimited when the bucket is empty."""
+        allowance = await self.take(subject)
+        if not allowance.allowed:
+            raise RateLimited(allowance, self.per_minute)
+        return allowance

@@ -1,0 +1,21 @@
+"""What the ingest handlers need to enforce limits: event rules, rate limiter and batch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from services.ingest.rate_limit import RateLimiter
+from services.ingest.rules import EventRules
+
+
+@dataclass(frozen=True)
+class Security:
+    rules: EventRules
+    rate_limiter: RateLimiter
+    max_events_per_request: int
+    max_body_bytes: int
+
+
+SECURITY_KEY: web.AppKey[Security] = web.AppKey("security", Security)
