@@ -11,6 +11,13 @@ braces), so the layout works unchanged on Redis Cluster:
   ``...:applied`` the event ids already applied to it, ``...:seq`` its update
   sequence number and ``...:latest_at`` the time of each athlete's latest value.
   The ranker's apply script touches only these, so they share one tag.
+  ``...:reached`` and ``...:order`` serve tie policy ``first``, ``...:close-mark``
+  is the stream id a closing period waits for, and ``...:rebuild:<part>`` are
+  the keys a rebuild fills before it renames them over the live ones.
+  ``<board>`` is ``board/group`` on group boards.
+- ``{ns}:periods:closing`` is a sorted set of board periods by the ms instant
+  their late grace ends, which the ranker's period closer follows.
+- ``{ns}:users:hidden`` is the set of athletes hidden from every board.
 - ``{ns}:users:names`` maps user id to display name.
 - ``{ns}:ratelimit:<subject>`` is the token bucket of one API key (subject
   ``key:<id>``), touched only by the ingest rate-limit script.
@@ -31,6 +38,10 @@ CONSUMER_GROUPS = (RANKER_GROUP, PERSISTER_GROUP)
 # Tables in PostgreSQL.
 EVENTS_TABLE = "events"
 API_KEYS_TABLE = "api_keys"
+BOARDS_TABLE = "boards"
+BOARD_RESULTS_TABLE = "board_results"
+BOARD_PERIODS_TABLE = "board_periods"
+HIDDEN_ATHLETES_TABLE = "hidden_athletes"
 AUDIT_LOG_TABLE = "audit_log"
 
 
@@ -76,3 +87,23 @@ class Names:
 
     def board_latest_at(self, board: str, period: str) -> str:
         return f"{self.board_tag(board, period)}:latest_at"
+
+    def board_reached(self, board: str, period: str) -> str:
+        return f"{self.board_tag(board, period)}:reached"
+
+    def board_order(self, board: str, period: str) -> str:
+        return f"{self.board_tag(board, period)}:order"
+
+    def board_close_mark(self, board: str, period: str) -> str:
+        return f"{self.board_tag(board, period)}:close-mark"
+
+    def board_rebuild(self, board: str, period: str, part: str) -> str:
+        return f"{self.board_tag(board, period)}:rebuild:{part}"
+
+    @property
+    def closing_periods(self) -> str:
+        return f"{self.namespace}:periods:closing"
+
+    @property
+    def hidden_users(self) -> str:
+        return f"{self.namespace}:users:hidden"

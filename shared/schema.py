@@ -61,17 +61,24 @@ class RankChange(msgspec.Struct, frozen=True, kw_only=True):
     old_rank: int | None
 
 
-class BoardUpdate(msgspec.Struct, frozen=True, kw_only=True):
+class BoardUpdate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The rank changes one ranker batch made to one board period, published on pub/sub.
 
     ``seq`` counts the batches applied to this board period, so a subscriber that
     sees a gap knows it missed a message and must read the board again.
+    Defaults are left out of the JSON, so a message without ``group`` or
+    ``final`` reads exactly as before those fields existed.
     """
 
     board: str
     period: str
     seq: int
     changes: list[RankChange]
+    # The group of a group board's ranking; None on global boards.
+    group: str | None = None
+    # True on the one message sent when the period is archived (no event counts
+    # any more); such a message carries no changes.
+    final: bool = False
 
 
 class EventResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

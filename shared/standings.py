@@ -1,19 +1,36 @@
-"""Reading standings from a board period's sorted set, with shared ranks for ties.
+"""Reading standings from a ranking period in Redis: top N, one athlete, many athletes.
 
 Every board's sorted set ranks by descending score (see ``shared.boards``).
-Equal scores share a rank and the next rank skips (1, 2, 2, 4): an athlete's
-rank is one more than the number of strictly higher scores. Within a tie,
-athletes are listed in descending order of user id, which is the order Redis
-returns equal scores in for a reversed range.
+
+Tie policy ``shared``: equal scores share a rank and the next rank skips
+(1, 2, 2, 4): an athlete's rank is one more than the number of visible
+athletes with a strictly higher score. Within a tie, athletes are listed in
+descending byte order of user id, the order Redis returns equal scores in for
+a reversed range.
+
+Tie policy ``first``: ranks are distinct and follow the ``order`` set that the
+apply script keeps (score descending, then who reached it first, then user id
+ascending), so ZRANK gives the place exactly.
+
+Hidden athletes (``Names.hidden_users``) keep their scores but are left out of
+lists and counts and take no rank. Each read fetches their positions, so a
+read costs O(H log N) more for H hidden athletes: the set is meant for banned,
+staff, test and opted-out accounts, not for most of a board.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import msgspec
 import redis.asyncio as redis
 
-from shared.boards import Board
+from shared.boards import Board, Tie, ranking_id
 from shared.names import Names
+
+_MAX_SCORE_KEY = 2**53
+# Width of "<score key>:<reached>:" at the start of an order-set member.
+_ORDER_PREFIX_LENGTH = 17 + 1 + 16 + 1
 
 
 class Standing(msgspec.Struct, frozen=True, kw_only=True):
@@ -26,7 +43,11 @@ class Standing(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class UserStanding(msgspec.Struct, frozen=True, kw_only=True):
-    """One athlete's place with neighbours above and below."""
+    """One athlete's place with neighbours above and below.
+
+    ``percentile`` is the percentile rank: the share of participants ranked
+    below the athlete plus half of those tied with them, in percent (0-100).
+    """
 
     rank: int
     user_id: str
@@ -34,76 +55,220 @@ class UserStanding(msgspec.Struct, frozen=True, kw_only=True):
     display_name: str | None
     participants: int
     neighbours: list[Standing]
+    percentile: float = 100.0
 
 
-def _assign_ranks(
-    board: Board, rows: list[tuple[bytes, float]], start: int, first_rank: int, names: list[bytes | None]
-) -> list[Standing]:
-    """Rank rows that start at 0-based position ``start``; the first row's rank is ``first_rank``."""
+def percentile_rank(participants: int, rank: int, tied: int) -> float:
+    """Return ``100 * (below + tied / 2) / participants``, rounded to two decimals."""
+    below = participants - (rank - 1) - tied
+    return round(100 * (below + tied / 2) / participants, 2)
+
+
+def sort_score_of_member(member: str) -> int:
+    """Return the sorted-set score encoded at the start of an order-set member."""
+    sign, digits = member[0], int(member[1:17])
+    return _MAX_SCORE_KEY - digits if sign == "1" else -digits
+
+
+@dataclass
+class _Ranking:
+    """One ranking period's keys and the hidden athletes present in it."""
+
+    client: redis.Redis
+    names: Names
+    board: Board
+    key: str
+    order_key: str
+    reached_key: str
+    hidden: dict[str, tuple[float, int]]  # user -> (score, list position)
+
+    @property
+    def first(self) -> bool:
+        return self.board.tie is Tie.FIRST
+
+    async def raw_range(self, start: int, stop: int) -> list[tuple[str, float]]:
+        if self.first:
+            members = await self.client.zrange(self.order_key, start, stop)
+            return [(member.decode()[_ORDER_PREFIX_LENGTH:], float(sort_score_of_member(member.decode()))) for member in members]
+        rows = await self.client.zrevrange(self.key, start, stop, withscores=True)
+        return [(member.decode(), score) for member, score in rows]
+
+    async def raw_position(self, user_id: str, score: float) -> int | None:
+        if not self.first:
+            return await self.client.zrevrank(self.key, user_id)
+        reached = await self.client.hget(self.reached_key, user_id)
+        if reached is None:
+            return None
+        return await self.client.zrank(self.order_key, order_member(int(score), reached.decode(), user_id))
+
+    def hidden_before(self, position: int) -> int:
+        return sum(1 for _score, hidden_position in self.hidden.values() if hidden_position < position)
+
+    def hidden_above(self, score: float) -> int:
+        return sum(1 for hidden_score, _position in self.hidden.values() if hidden_score > score)
+
+    def hidden_equal(self, score: float) -> int:
+        return sum(1 for hidden_score, _position in self.hidden.values() if hidden_score == score)
+
+
+def order_member(sort_score: int, reached: str, user_id: str) -> str:
+    """Return the order-set member of an athlete, as the apply script builds it."""
+    key = f"1{_MAX_SCORE_KEY - sort_score:016d}" if sort_score >= 0 else f"2{-sort_score:016d}"
+    return f"{key}:{reached}:{user_id}"
+
+
+async def _open(client: redis.Redis, names: Names, board: Board, period: str, group: str | None) -> _Ranking:
+    ranking = ranking_id(board.id, group)
+    view = _Ranking(
+        client, names, board,
+        key=names.board_scores(ranking, period),
+        order_key=names.board_order(ranking, period),
+        reached_key=names.board_reached(ranking, period),
+        hidden={},
+    )
+    hidden_users = sorted(member.decode() for member in await client.smembers(names.hidden_users))
+    if not hidden_users:
+        return view
+    scores = await client.zmscore(view.key, hidden_users)
+    for user_id, score in zip(hidden_users, scores, strict=True):
+        if score is None:
+            continue
+        position = await view.raw_position(user_id, score)
+        if position is not None:
+            view.hidden[user_id] = (score, position)
+    return view
+
+
+def _raw_start(view: _Ranking, offset: int) -> int:
+    """Map a position among visible athletes to a position in the sorted set."""
+    start = offset
+    for position in sorted(position for _score, position in view.hidden.values()):
+        if position <= start:
+            start += 1
+        else:
+            break
+    return start
+
+
+async def _visible_range(view: _Ranking, offset: int, limit: int) -> list[Standing]:
+    start = _raw_start(view, offset)
+    rows = await view.raw_range(start, start + limit - 1 + len(view.hidden))
+    rows = [(user_id, score) for user_id, score in rows if user_id not in view.hidden][:limit]
+    if not rows:
+        return []
+    names = await view.client.hmget(view.names.display_names, [user_id for user_id, _score in rows])
+    if view.first:
+        rank = offset + 1
+    else:
+        higher = await view.client.zcount(view.key, f"({rows[0][1]!r}", "+inf")
+        rank = higher - view.hidden_above(rows[0][1]) + 1
     standings: list[Standing] = []
     previous_score: float | None = None
-    rank = first_rank
-    for position, ((member, score), name) in enumerate(zip(rows, names, strict=True)):
-        if previous_score is not None and score != previous_score:
-            rank = start + position + 1
+    for index, ((user_id, score), name) in enumerate(zip(rows, names, strict=True)):
+        if view.first or (previous_score is not None and score != previous_score):
+            rank = offset + index + 1
         previous_score = score
         standings.append(
-            Standing(
-                rank=rank,
-                user_id=member.decode(),
-                score=board.display_score(score),
-                display_name=name.decode() if name is not None else None,
-            )
+            Standing(rank=rank, user_id=user_id, score=view.board.display_score(score), display_name=name.decode() if name is not None else None)
         )
     return standings
 
 
-async def _ranked_range(client: redis.Redis, names: Names, board: Board, period: str, start: int, stop: int) -> list[Standing]:
-    key = names.board_scores(board.id, period)
-    rows = await client.zrevrange(key, start, stop, withscores=True)
-    if not rows:
-        return []
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.zcount(key, f"({rows[0][1]!r}", "+inf")
-        pipe.hmget(names.display_names, [member for member, _ in rows])
-        higher, display_names = await pipe.execute()
-    return _assign_ranks(board, rows, start, higher + 1, display_names)
-
-
-async def read_top(client: redis.Redis, names: Names, board: Board, period: str, limit: int, offset: int = 0) -> list[Standing]:
-    """Return up to ``limit`` standings starting at position ``offset`` (0-based)."""
+async def read_top(
+    client: redis.Redis, names: Names, board: Board, period: str, limit: int, offset: int = 0, *, group: str | None = None
+) -> list[Standing]:
+    """Return up to ``limit`` visible standings starting at visible position ``offset`` (0-based)."""
     if limit <= 0:
         return []
-    return await _ranked_range(client, names, board, period, offset, offset + limit - 1)
+    view = await _open(client, names, board, period, group)
+    return await _visible_range(view, offset, limit)
 
 
-async def count_participants(client: redis.Redis, names: Names, board: Board, period: str) -> int:
-    return await client.zcard(names.board_scores(board.id, period))
+async def count_participants(client: redis.Redis, names: Names, board: Board, period: str, *, group: str | None = None) -> int:
+    """Return how many visible athletes have a score in the ranking period."""
+    view = await _open(client, names, board, period, group)
+    return await client.zcard(view.key) - len(view.hidden)
+
+
+async def _standing_of(view: _Ranking, user_id: str, score: float, participants: int) -> tuple[int, int, float] | None:
+    """Return (rank, visible position, percentile) of a visible athlete with ``score``."""
+    position = await view.raw_position(user_id, score)
+    if position is None:
+        return None
+    visible_position = position - view.hidden_before(position)
+    if view.first:
+        return visible_position + 1, visible_position, percentile_rank(participants, visible_position + 1, 1)
+    higher, equal = await _counts(view, score)
+    rank = higher + 1
+    return rank, visible_position, percentile_rank(participants, rank, equal)
+
+
+async def _counts(view: _Ranking, score: float) -> tuple[int, int]:
+    async with view.client.pipeline(transaction=False) as pipe:
+        pipe.zcount(view.key, f"({score!r}", "+inf")
+        pipe.zcount(view.key, repr(score), repr(score))
+        higher, equal = await pipe.execute()
+    return higher - view.hidden_above(score), equal - view.hidden_equal(score)
 
 
 async def read_user(
-    client: redis.Redis, names: Names, board: Board, period: str, user_id: str, around: int = 0
+    client: redis.Redis, names: Names, board: Board, period: str, user_id: str, around: int = 0, *, group: str | None = None
 ) -> UserStanding | None:
-    """Return one athlete's standing with ``around`` neighbours each side, or None if they have no score."""
-    key = names.board_scores(board.id, period)
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.zscore(key, user_id)
-        pipe.zrevrank(key, user_id)
-        pipe.zcard(key)
-        pipe.hget(names.display_names, user_id)
-        score, position, participants, display_name = await pipe.execute()
-    if score is None or position is None:
+    """Return one athlete's standing with ``around`` neighbours each side, or None if unranked or hidden."""
+    view = await _open(client, names, board, period, group)
+    if user_id in view.hidden or await client.sismember(names.hidden_users, user_id):
         return None
-    higher = await client.zcount(key, f"({score!r}", "+inf")
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.zscore(view.key, user_id)
+        pipe.zcard(view.key)
+        pipe.hget(names.display_names, user_id)
+        score, total, display_name = await pipe.execute()
+    if score is None:
+        return None
+    participants = total - len(view.hidden)
+    placed = await _standing_of(view, user_id, score, participants)
+    if placed is None:
+        return None
+    rank, visible_position, percentile = placed
     neighbours: list[Standing] = []
     if around > 0:
-        neighbours = await _ranked_range(client, names, board, period, max(0, position - around), position + around)
+        start = max(0, visible_position - around)
+        neighbours = await _visible_range(view, start, visible_position - start + around + 1)
         neighbours = [standing for standing in neighbours if standing.user_id != user_id]
     return UserStanding(
-        rank=higher + 1,
+        rank=rank,
         user_id=user_id,
         score=board.display_score(score),
         display_name=display_name.decode() if display_name is not None else None,
         participants=participants,
         neighbours=neighbours,
+        percentile=percentile,
     )
+
+
+class UserRank(msgspec.Struct, frozen=True, kw_only=True):
+    """One athlete's rank in a many-athletes query; rank and score are None when unranked."""
+
+    user_id: str
+    rank: int | None
+    score: float | int | None
+
+
+async def read_ranks(
+    client: redis.Redis, names: Names, board: Board, period: str, user_ids: list[str], *, group: str | None = None
+) -> list[UserRank]:
+    """Return the rank and score of each of ``user_ids``, in the order given."""
+    view = await _open(client, names, board, period, group)
+    hidden_users = {member.decode() for member in await client.smembers(names.hidden_users)}
+    scores = await client.zmscore(view.key, user_ids) if user_ids else []
+    participants = await client.zcard(view.key) - len(view.hidden)
+    ranks: list[UserRank] = []
+    for user_id, score in zip(user_ids, scores, strict=True):
+        placed = None
+        if score is not None and user_id not in hidden_users:
+            placed = await _standing_of(view, user_id, score, participants)
+        if placed is None:
+            ranks.append(UserRank(user_id=user_id, rank=None, score=None))
+        else:
+            ranks.append(UserRank(user_id=user_id, rank=placed[0], score=board.display_score(score)))
+    return ranks

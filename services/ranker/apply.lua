@@ -2,50 +2,145 @@
 --
 -- KEYS[1] scores (sorted set), KEYS[2] applied event ids (sorted set scored by
 -- apply time in ms), KEYS[3] sequence counter, KEYS[4] latest_at (hash user ->
--- occurred_at ms, for the `latest` operator).
+-- "occurred:event_id" of the value kept by `latest`), KEYS[5] reached (hash
+-- user -> when the athlete reached their score), KEYS[6] order (sorted set of
+-- equal scores ordered by member, for tie policy `first`).
 -- ARGV[1] operator (sum | best | latest | count), ARGV[2] now in ms,
--- ARGV[3] how long applied ids are kept in ms, then groups of four:
--- event id, user id, sorted-set score, occurred_at ms.
+-- ARGV[3] how long applied ids are kept in ms, ARGV[4] tie policy (shared |
+-- first), ARGV[5] number h of hidden athletes, ARGV[6..5+h] their user ids,
+-- then groups of four: event id, user id, sorted-set score, occurred_at as 16
+-- zero-padded digits (ms since the epoch plus 10^14, so every value is positive).
 --
 -- Returns {seq, user, old score|false, new score, old rank|false, new rank, ...}
--- for every athlete whose score changed, or {} when nothing changed. Scores are
--- returned as strings because a Lua number would be truncated to an integer.
--- Recording the event id and updating the score happen in this one script, so
--- an entry delivered again after a crash has no second effect.
+-- for every visible athlete whose score or rank changed, or {} when nothing did.
+-- Scores are returned as strings because a Lua number would be truncated to an
+-- integer. Hidden athletes keep their scores but take no rank. Recording the
+-- event id and updating the score happen in this one script, so an entry
+-- delivered again after a crash has no second effect.
+--
+-- Tie policy `first`: the order set holds one member per athlete,
+--   <score key>:<reached>:<user id>
+-- where the score key is "1" followed by 2^53 minus the score in 16 digits for
+-- scores >= 0, else "2" followed by the magnitude in 16 digits. Every part is
+-- a fixed-width decimal string of an integer below 2^53, so members compare
+-- byte by byte as (score descending, reached ascending, user id ascending) with
+-- no rounding, and ZRANK gives the exact place.
 
-local scores, applied, seq_key, latest_at = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local scores, applied, seq_key, latest_at, reached, order = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local operator = ARGV[1]
 local now_ms = tonumber(ARGV[2])
+local tie_first = ARGV[4] == 'first'
+local hidden_count = tonumber(ARGV[5])
+local hidden = {}
+local is_hidden = {}
+for i = 6, 5 + hidden_count do
+  hidden[#hidden + 1] = ARGV[i]
+  is_hidden[ARGV[i]] = true
+end
+local first_event = 6 + hidden_count
 
 redis.call('ZREMRANGEBYSCORE', applied, '-inf', '(' .. (now_ms - tonumber(ARGV[3])))
 
-local function rank_of(score)
-  return redis.call('ZCOUNT', scores, '(' .. score, '+inf') + 1
+-- Byte-wise "a < b"; Lua's own string comparison follows the C locale's collation.
+local function bytes_less(a, b)
+  local length = math.min(#a, #b)
+  for i = 1, length do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
+end
+
+local function order_member(score, when, user)
+  local value = tonumber(score)
+  local key
+  if value >= 0 then
+    key = '1' .. string.format('%016.0f', 9007199254740992 - value)
+  else
+    key = '2' .. string.format('%016.0f', -value)
+  end
+  return key .. ':' .. when .. ':' .. user
+end
+
+local function member_of(user)
+  local score = redis.call('ZSCORE', scores, user)
+  if not score then
+    return false
+  end
+  return order_member(score, redis.call('HGET', reached, user), user)
+end
+
+local function rank_of(user, score)
+  if tie_first then
+    local position = redis.call('ZRANK', order, member_of(user))
+    local rank = position + 1
+    for _, other in ipairs(hidden) do
+      local member = member_of(other)
+      if member then
+        local other_position = redis.call('ZRANK', order, member)
+        if other_position and other_position < position then
+          rank = rank - 1
+        end
+      end
+    end
+    return rank
+  end
+  local rank = redis.call('ZCOUNT', scores, '(' .. score, '+inf') + 1
+  for _, other in ipairs(hidden) do
+    local other_score = redis.call('ZSCORE', scores, other)
+    if other_score and tonumber(other_score) > tonumber(score) then
+      rank = rank - 1
+    end
+  end
+  return rank
 end
 
 local before = {}
 local touched = {}
-for i = 4, #ARGV, 4 do
-  local event_id, user, score, occurred_ms = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+for i = first_event, #ARGV, 4 do
+  local event_id, user, score, occurred = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if redis.call('ZADD', applied, 'NX', now_ms, event_id) == 1 then
     if before[user] == nil then
       local old = redis.call('ZSCORE', scores, user)
       if old then
-        before[user] = {old, rank_of(old)}
+        local old_member = tie_first and member_of(user) or false
+        local old_rank = false
+        if not is_hidden[user] then
+          old_rank = rank_of(user, old)
+        end
+        before[user] = {old, old_rank, old_member}
       else
-        before[user] = {false, false}
+        before[user] = {false, false, false}
       end
       touched[#touched + 1] = user
     end
+    local current = redis.call('ZSCORE', scores, user)
+    local when = redis.call('HGET', reached, user)
     if operator == 'sum' or operator == 'count' then
       redis.call('ZINCRBY', scores, score, user)
+      if tie_first and (not when or tonumber(occurred) > tonumber(when)) then
+        redis.call('HSET', reached, user, occurred)
+      end
     elseif operator == 'best' then
-      redis.call('ZADD', scores, 'GT', score, user)
-    elseif operator == 'latest' then
-      local previous = tonumber(redis.call('HGET', latest_at, user))
-      if previous == nil or previous <= occurred_ms then
-        redis.call('HSET', latest_at, user, occurred_ms)
+      if not current or tonumber(score) > tonumber(current) then
         redis.call('ZADD', scores, score, user)
+        if tie_first then
+          redis.call('HSET', reached, user, occurred)
+        end
+      elseif tie_first and tonumber(score) == tonumber(current) and tonumber(occurred) < tonumber(when) then
+        redis.call('HSET', reached, user, occurred)
+      end
+    elseif operator == 'latest' then
+      local candidate = occurred .. ':' .. event_id
+      local previous = redis.call('HGET', latest_at, user)
+      if not previous or not bytes_less(candidate, previous) then
+        redis.call('HSET', latest_at, user, candidate)
+        redis.call('ZADD', scores, score, user)
+        if tie_first then
+          redis.call('HSET', reached, user, occurred)
+        end
       end
     else
       return redis.error_reply('unknown operator ' .. operator)
@@ -53,16 +148,29 @@ for i = 4, #ARGV, 4 do
   end
 end
 
+if tie_first then
+  for _, user in ipairs(touched) do
+    local old_member = before[user][3]
+    if old_member then
+      redis.call('ZREM', order, old_member)
+    end
+    redis.call('ZADD', order, 0, member_of(user))
+  end
+end
+
 local changes = {}
 for _, user in ipairs(touched) do
-  local new = redis.call('ZSCORE', scores, user)
-  local old = before[user]
-  if new ~= old[1] then
-    changes[#changes + 1] = user
-    changes[#changes + 1] = old[1]
-    changes[#changes + 1] = new
-    changes[#changes + 1] = old[2]
-    changes[#changes + 1] = rank_of(new)
+  if not is_hidden[user] then
+    local new = redis.call('ZSCORE', scores, user)
+    local old = before[user]
+    local new_rank = rank_of(user, new)
+    if new ~= old[1] or new_rank ~= old[2] then
+      changes[#changes + 1] = user
+      changes[#changes + 1] = old[1]
+      changes[#changes + 1] = new
+      changes[#changes + 1] = old[2]
+      changes[#changes + 1] = new_rank
+    end
   end
 end
 if #changes == 0 then

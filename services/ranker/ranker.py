@@ -1,65 +1,60 @@
-"""Map stream entries to board periods, apply them with one script call each, publish changes."""
+"""Map stream entries to ranking periods, apply them with one script call each, publish changes."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
-from importlib import resources
 
 import msgspec
 import redis.asyncio as redis
 import structlog
 
-from shared.boards import Board, BoardError, BoardRegistry
+from services.ranker.script import APPLY_SCRIPT, PeriodBatch, live_keys, parse_changes, script_args
+from shared.boards import BoardError, BoardRegistry, Reset, Scope
 from shared.names import Names
-from shared.periods import period_of
-from shared.schema import BoardUpdate, RankChange
+from shared.periods import accepts_late, closes_at, period_of
+from shared.schema import StreamEvent
 from shared.stream import Entry
 
 log = structlog.get_logger(__name__)
 
-APPLY_SCRIPT = resources.files("services.ranker").joinpath("apply.lua").read_text(encoding="utf-8")
 
-# Applied event ids are remembered this long, far beyond any redelivery of a
-# pending entry (claims happen after seconds; dead-lettering after a few tries).
-APPLIED_RETENTION_MS = 7 * 24 * 3600 * 1000
+def groups_of(event: StreamEvent, scope: Scope) -> list[str | None]:
+    """Return the rankings an event feeds on a board: the global one, or one per distinct group."""
+    if scope is Scope.GLOBAL:
+        return [None]
+    return list(dict.fromkeys(event.groups))
 
 
-def plan_batch(boards: BoardRegistry, entries: Sequence[Entry]) -> dict[tuple[str, str], list[str]]:
-    """Group a batch into script arguments per (board, period), keeping stream order."""
-    plan: dict[tuple[str, str], list[str]] = {}
+def plan_batch(boards: BoardRegistry, entries: Sequence[Entry]) -> dict[tuple[str, str], PeriodBatch]:
+    """Group a batch into script arguments per (ranking, period), keeping stream order.
+
+    An event received after its period's late grace ended is left out of that
+    board; it still counts on the metric's other boards whose period is open.
+    """
+    plan: dict[tuple[str, str], PeriodBatch] = {}
     for entry in entries:
         event = entry.event
-        occurred_ms = int(event.occurred_at.timestamp() * 1000)
         for board in boards.for_metric(event.metric):
             try:
                 score = board.sort_score(event.value)
             except BoardError as error:
                 log.error("event skipped on board", board=board.id, event_id=event.event_id, stream_id=entry.stream_id, error=str(error))
                 continue
+            if not accepts_late(board, event.occurred_at, event.received_at):
+                log.info("late event skipped on board", board=board.id, event_id=event.event_id, stream_id=entry.stream_id)
+                continue
             period = period_of(board, event.occurred_at)
-            plan.setdefault((board.id, period), []).extend([event.event_id, event.user_id, str(score), str(occurred_ms)])
+            for group in groups_of(event, board.scope):
+                batch = PeriodBatch(board, group, period)
+                batch = plan.setdefault((batch.ranking, period), batch)
+                batch.add(event.event_id, event.user_id, score, event.occurred_at)
     return plan
 
 
-def parse_changes(board: Board, period: str, reply: list) -> BoardUpdate | None:
-    """Turn the apply script's reply into a BoardUpdate, or None when no score changed."""
-    if not reply:
-        return None
-    seq = int(reply[0])
-    changes = []
-    for i in range(1, len(reply), 5):
-        user, old_score, new_score, old_rank, new_rank = reply[i : i + 5]
-        changes.append(
-            RankChange(
-                user_id=user.decode(),
-                score=board.display_score(float(new_score)),
-                rank=int(new_rank),
-                old_score=None if old_score is None else board.display_score(float(old_score)),
-                old_rank=None if old_rank is None else int(old_rank),
-            )
-        )
-    return BoardUpdate(board=board.id, period=period, seq=seq, changes=changes)
+def closing_member(board_id: str, group: str | None, period: str) -> str:
+    return json.dumps([board_id, group, period])
 
 
 class Ranker:
@@ -73,30 +68,30 @@ class Ranker:
         self.events_applied = 0
 
     async def handle(self, entries: Sequence[Entry]) -> None:
-        """Apply a batch to every board it feeds, then publish one update per changed board period."""
+        """Apply a batch to every ranking it feeds, then publish one update per changed ranking period."""
         plan = plan_batch(self.boards, entries)
-        now_ms = str(int(time.time() * 1000))
         names = self.names
-        keys_order = list(plan)
+        hidden = sorted(member.decode() for member in await self.client.smembers(names.hidden_users))
+        # Applied ids expire by real elapsed time, so this is the system clock.
+        now_ms = int(time.time() * 1000)
+        batches = list(plan.values())
         async with self.client.pipeline(transaction=False) as pipe:
             for entry in entries:
                 if entry.event.display_name is not None:
                     pipe.hset(names.display_names, entry.event.user_id, entry.event.display_name)
-            for board_id, period in keys_order:
-                board = self.boards.by_id[board_id]
-                keys = [
-                    names.board_scores(board_id, period),
-                    names.board_applied(board_id, period),
-                    names.board_seq(board_id, period),
-                    names.board_latest_at(board_id, period),
-                ]
-                args = [board.operator.value, now_ms, str(APPLIED_RETENTION_MS), *plan[(board_id, period)]]
-                await self.apply_script(keys=keys, args=args, client=pipe)
+            for batch in batches:
+                closing = closes_at(batch.board, batch.period)
+                if batch.board.reset is not Reset.NEVER and closing is not None:
+                    member = closing_member(batch.board.id, batch.group, batch.period)
+                    pipe.zadd(names.closing_periods, {member: int(closing.timestamp() * 1000)})
+            for batch in batches:
+                keys = live_keys(names, batch.ranking, batch.period)
+                await self.apply_script(keys=keys, args=script_args(batch.board, now_ms, hidden, batch.args), client=pipe)
             replies = await pipe.execute()
-        script_replies = replies[len(replies) - len(keys_order) :]
+        script_replies = replies[len(replies) - len(batches) :]
         updates = []
-        for (board_id, period), reply in zip(keys_order, script_replies, strict=True):
-            update = parse_changes(self.boards.by_id[board_id], period, reply)
+        for batch, reply in zip(batches, script_replies, strict=True):
+            update = parse_changes(batch.board, batch.group, batch.period, reply)
             if update is not None:
                 updates.append(update)
         if updates:
@@ -105,4 +100,4 @@ class Ranker:
                     pipe.publish(names.rank_changes_channel, msgspec.json.encode(update))
                 await pipe.execute()
         self.events_applied += len(entries)
-        log.debug("batch applied", entries=len(entries), board_periods=len(keys_order), updates=len(updates))
+        log.debug("batch applied", entries=len(entries), board_periods=len(batches), updates=len(updates))
