@@ -116,6 +116,8 @@ class Settings:
     persist_max_wait_ms: int = 100
     dedupe_ttl_s: int = 7 * 24 * 3600
     api_key_cache_ttl_s: int = 5
+    max_activity_bytes: int = 25 * 1024 * 1024
+    activity_decode_timeout_ms: int = 60_000
     max_body_bytes: int = 1024 * 1024
     max_events_per_request: int = 1000
     rate_limit_per_minute: int = 600
@@ -158,6 +160,8 @@ class Settings:
             persist_max_wait_ms=_read_int(env, "RANKSTREAM_PERSIST_MAX_WAIT_MS", 100, 0, 60_000),
             dedupe_ttl_s=_read_int(env, "RANKSTREAM_DEDUPE_TTL_S", 7 * 24 * 3600, 7 * 24 * 3600, 366 * 24 * 3600),
             api_key_cache_ttl_s=_read_int(env, "RANKSTREAM_API_KEY_CACHE_TTL_S", 5, 0, 300),
+            max_activity_bytes=_read_int(env, "RANKSTREAM_MAX_ACTIVITY_BYTES", 25 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
+            activity_decode_timeout_ms=_read_int(env, "RANKSTREAM_ACTIVITY_DECODE_TIMEOUT_MS", 60_000, 1, 600_000),
             max_body_bytes=_read_int(env, "RANKSTREAM_MAX_BODY_BYTES", 1024 * 1024, 1024, 16 * 1024 * 1024),
             max_events_per_request=_read_int(env, "RANKSTREAM_MAX_EVENTS_PER_REQUEST", 1000, 1, 10_000),
             rate_limit_per_minute=_read_int(env, "RANKSTREAM_RATE_LIMIT_PER_MINUTE", 600, 0, 6_000_000),

@@ -11,6 +11,7 @@ import redis.asyncio as redis
 import structlog
 from aiohttp import web
 
+from services.ingest.activities.upload import add_activity_routes
 from services.ingest.appender import Appender
 from services.ingest.auth import AuthError, Authenticator
 from services.ingest.events import post_events
@@ -105,4 +106,5 @@ def create_app(
     app.router.add_post("/v1/admin/keys", post_key)
     app.router.add_get("/v1/admin/keys", get_keys)
     app.router.add_delete(r"/v1/admin/keys/{key_id:\d{1,18}}", delete_key)
+    add_activity_routes(app, settings)
     return app
