@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--key", help="API key to post with (default: RANKSTREAM_API_KEY, else a new server key)")
     simulate.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
     simulate.set_defaults(handler=_simulate)
+
+    from services.import_command import add_import_parser
+
+    add_import_parser(commands)
     return parser
 
 
