@@ -24,13 +24,14 @@ async def create_audited(
     connection: asyncpg.Connection, name: str, kind: KeyKind, user_id: str | None, expires_at: datetime | None
 ) -> tuple[ApiKey, str]:
     """Create a key and its audit row in one transaction; raise InvalidKeyRequest for bad arguments."""
-    async with connection.transaction():
-        try:
+    try:
+        async with connection.transaction():
             key, text = await create_key(connection, name, kind, user_id, expires_at)
-        except InvalidKeyRequest as error:
-            await audit.record(connection, cli_actor(), "key.create", audit.Outcome.INVALID, details={"kind": kind.value, "field": error.field})
-            raise
-        await audit.record(connection, cli_actor(), "key.create", audit.Outcome.OK, target=f"key:{key.id}", details={"kind": kind.value, "name": name})
+            await audit.record(connection, cli_actor(), "key.create", audit.Outcome.OK, target=f"key:{key.id}", details={"kind": kind.value, "name": name})
+    except InvalidKeyRequest as error:
+        # Outside the rolled-back transaction, so the rejected attempt stays on record.
+        await audit.record(connection, cli_actor(), "key.create", audit.Outcome.INVALID, details={"kind": kind.value, "field": error.field})
+        raise
     return key, text
 
 

@@ -80,7 +80,11 @@ async def post_key(request: web.Request) -> web.Response:
         new = _new_key_decoder.decode(await request.read())
     except msgspec.ValidationError as error:
         field_error = field_error_from_validation(error)
-        return problem(400, "invalid-key-request", "Invalid key request", f"{field_error.field}: {field_error.reason}", field=field_error.field)
+        reason = field_error.reason
+        if field_error.field == "kind" and reason.startswith("Invalid enum value"):
+            # msgspec names only the value it got, so list the ones it expected.
+            reason = f"{reason}; use 'device', 'server' or 'admin'"
+        return problem(400, "invalid-key-request", "Invalid key request", f"{field_error.field}: {reason}", field=field_error.field)
     except msgspec.DecodeError:
         return problem(400, "invalid-json", "Body is not valid JSON", 'send {"name": ..., "kind": "device|server|admin", "user_id": ..., "expires_at": ...}')
 

@@ -57,6 +57,9 @@ def _generic_decode(body: bytes) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
         pass
+    except RecursionError:
+        # msgspec raises this for nesting deeper than its limit.
+        raise BodyError(400, "invalid-json", "Body is not valid JSON", "the request body is nested too deeply; send events as flat JSON objects") from None
     try:
         return json.loads(body, parse_constant=_reject_nonstandard_constant)
     except (ValueError, RecursionError) as error:

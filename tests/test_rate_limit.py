@@ -1,0 +1,91 @@
+"""Per-key rate limits: the exact burst allowance, then 429 with a Retry-After that is true."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from shared.api_keys import KeyKind
+from shared.names import Names
+from shared.settings import Settings
+from services.ingest.rate_limit import RateLimiter
+from tests.helpers import ingest_client, new_key
+
+
+def event(event_id: str) -> dict:
+    return {"event_id": event_id, "user_id": "u1", "metric": "pushups", "value": 20, "occurred_at": "2026-12-02T10:00:00Z"}
+
+
+async def test_burst_then_429_with_retry_after(settings: Settings, redis_client) -> None:
+    """Three requests pass, the fourth gets 429 and Retry-After 2; after 2 s one more passes."""
+    limited = replace(settings, rate_limit_per_minute=30, rate_limit_burst_requests=3)
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with ingest_client(limited) as http:
+        allowed = [(await http.post("/v1/events", json=[event(f"e{i}")], headers=headers)).status for i in range(3)]
+        refused = await http.post("/v1/events", json=[event("e3")], headers=headers)
+        refused_body = await refused.json(content_type=None)
+        retry_after_s = int(refused.headers["Retry-After"])
+        await asyncio.sleep(retry_after_s)
+        retried = await http.post("/v1/events", json=[event("e4")], headers=headers)
+
+    assert allowed == [202, 202, 202]
+    assert refused.status == 429
+    assert refused.content_type == "application/problem+json"
+    assert retry_after_s == 2
+    assert refused_body["type"] == "urn:rankstream:problem:rate-limited"
+    assert refused_body["detail"] == "this key may make 30 requests per minute; retry after 2 s"
+    assert retried.status == 202
+    assert await redis_client.xlen(f"{settings.namespace}:{{events}}:stream") == 4
+
+
+async def test_buckets_are_per_key(settings: Settings, redis_client) -> None:
+    """One key using up its allowance leaves another key's untouched."""
+    limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=1)
+    first = await new_key(settings)
+    second = await new_key(settings, KeyKind.DEVICE, "u1")
+    async with ingest_client(limited) as http:
+        statuses = [
+            (await http.post("/v1/events", json=[event("a1")], headers={"Authorization": f"Bearer {first}"})).status,
+            (await http.post("/v1/events", json=[event("a2")], headers={"Authorization": f"Bearer {first}"})).status,
+            (await http.post("/v1/events", json=[event("b1")], headers={"Authorization": f"Bearer {second}"})).status,
+        ]
+
+    assert statuses == [202, 429, 202]
+
+
+async def test_concurrent_requests_share_bucket(settings: Settings, redis_client) -> None:
+    """Of 20 concurrent requests on a bucket of 5, exactly 5 pass: the script takes tokens atomically."""
+    limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=5)
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with ingest_client(limited) as http:
+        responses = await asyncio.gather(*(http.post("/v1/events", json=[event(f"c{i}")], headers=headers) for i in range(20)))
+        statuses = sorted(response.status for response in responses)
+
+    assert statuses == [202] * 5 + [429] * 15
+    assert await redis_client.xlen(f"{settings.namespace}:{{events}}:stream") == 5
+
+
+async def test_bucket_counts_down_and_expires(settings: Settings, redis_client) -> None:
+    """Each take reports the whole tokens left; an empty bucket reports the wait and the bucket key expires."""
+    limiter = RateLimiter(redis_client, Names(settings.namespace), per_minute=60, burst_requests=2)
+    first = await limiter.take("key:1")
+    second = await limiter.take("key:1")
+    third = await limiter.take("key:1")
+
+    assert (first.allowed, first.remaining) == (True, 1)
+    assert (second.allowed, second.remaining) == (True, 0)
+    assert third.allowed is False
+    assert 0 < third.retry_after_ms <= 1000
+    assert third.retry_after_s == 1
+    assert await redis_client.pttl(Names(settings.namespace).rate_limit_bucket("key:1")) > 0
+
+
+async def test_zero_rate_turns_limiting_off(settings: Settings, redis_client) -> None:
+    """RANKSTREAM_RATE_LIMIT_PER_MINUTE=0 lets every request through and stores no bucket."""
+    limiter = RateLimiter(redis_client, Names(settings.namespace), per_minute=0, burst_requests=1)
+    outcomes = [(await limiter.take("key:1")).allowed for _ in range(5)]
+
+    assert outcomes == [True] * 5
+    assert await redis_client.exists(Names(settings.namespace).rate_limit_bucket("key:1")) == 0
