@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
     simulate.set_defaults(handler=_simulate)
 
+    from services.dlq_command import add_dlq_parser
+
+    add_dlq_parser(commands)
+
     from services.import_command import add_import_parser
 
     add_import_parser(commands)

@@ -88,11 +88,15 @@ def _mib(size_bytes: int) -> str:
     return f"{size_bytes / (1024 * 1024):.1f} MiB"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def _table(header: list[str], rows: list[list[str]], first_number_column: int) -> list[str]:
+    """Align text columns left and the columns from ``first_number_column`` on right."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:
-        cells = [cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            cell.rjust(width) if i >= first_number_column else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
     return lines
 
@@ -115,7 +119,7 @@ def render_status(report: StatusReport) -> str:
             ]
             for group in snapshot.groups
         ]
-        lines += _table(["group", "consumers", "pending", "lag", "dead letters"], rows)
+        lines += _table(["group", "consumers", "pending", "lag", "dead letters"], rows, 1)
     else:
         lines.append("no consumer groups yet (start a ranker or a persister)")
     if report.dead_letters_counted < snapshot.dead_letter_length_entries:
@@ -136,7 +140,7 @@ def render_status(report: StatusReport) -> str:
 
     if report.board_periods:
         rows = [[item.board, item.period, str(item.athletes)] for item in report.board_periods]
-        lines += _table(["board", "period", "athletes"], rows)
+        lines += _table(["board", "period", "athletes"], rows, 2)
     else:
         lines.append("no board periods with scores yet")
     return "\n".join(lines)

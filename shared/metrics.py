@@ -80,13 +80,17 @@ WEBSOCKET_CONNECTIONS = Gauge(
 WEBSOCKET_MESSAGES_SENT = Counter(
     "rankstream_websocket_messages_sent", "Update messages the push loop handed to open WebSocket connections.", registry=REGISTRY,
 )
-WEBSOCKET_CHANGES_CONFLATED = Counter(
-    "rankstream_websocket_changes_conflated",
-    "Rank changes merged into a later change of the same athlete before a push, so clients got one message for both.",
+WEBSOCKET_MESSAGES_CONFLATED = Counter(
+    "rankstream_websocket_messages_conflated",
+    "Updates held back from a client whose send buffer is full; it later gets one message with the merged changes.",
+    registry=REGISTRY,
+)
+WEBSOCKET_SLOW_CLIENTS_CLOSED = Counter(
+    "rankstream_websocket_slow_clients_closed", "Connections closed because the client stayed too slow to read its updates.",
     registry=REGISTRY,
 )
 WEBSOCKET_MESSAGES_DROPPED = Counter(
-    "rankstream_websocket_messages_dropped", "Messages not delivered because the client's connection was closing or too slow.",
+    "rankstream_websocket_messages_dropped", "Update messages not sent because the connection was already closing.",
     registry=REGISTRY,
 )
 

@@ -7,6 +7,10 @@ braces), so the layout works unchanged on Redis Cluster:
   holds the body hash of an accepted event for de-duplication, and
   ``{ns}:{events}:dead`` is the dead-letter stream. Ingest appends and records
   in one script, so these share the ``{events}`` tag.
+- ``{ns}:{events}:failed:<group>`` maps the stream id of an entry whose handler
+  failed to the last error, until the entry is acknowledged or dead-lettered.
+  A consumer acknowledges, dead-letters and clears it in one transaction, so it
+  shares the ``{events}`` tag.
 - ``{ns}:{board:<board>:<period>}:scores`` is a board period's sorted set,
   ``...:applied`` the event ids already applied to it, ``...:seq`` its update
   sequence number and ``...:latest_at`` the time of each athlete's latest value.
@@ -61,6 +65,9 @@ class Names:
 
     def seen_event(self, event_id: str) -> str:
         return f"{self.namespace}:{{events}}:seen:{event_id}"
+
+    def failed_entries(self, group: str) -> str:
+        return f"{self.namespace}:{{events}}:failed:{group}"
 
     def rate_limit_bucket(self, subject: str) -> str:
         return f"{self.namespace}:ratelimit:{subject}"

@@ -116,6 +116,17 @@ class Settings:
     persist_max_wait_ms: int = 100
     dedupe_ttl_s: int = 7 * 24 * 3600
     api_key_cache_ttl_s: int = 5
+    durability: str = "aof"
+    waitaof_timeout_ms: int = 5_000
+    max_backlog: int = 1_000_000
+    retry_after_s: int = 5
+    claim_idle_ms: int = 30_000
+    claim_interval_ms: int = 5_000
+    max_deliveries: int = 5
+    handle_timeout_s: int = 60
+    stop_timeout_s: int = 10
+    consumer_idle_delete_ms: int = 3_600_000
+    trim_interval_ms: int = 1_000
     max_activity_bytes: int = 25 * 1024 * 1024
     activity_decode_timeout_ms: int = 60_000
     max_body_bytes: int = 1024 * 1024
@@ -141,6 +152,9 @@ class Settings:
         log_format = (env.get("RANKSTREAM_LOG_FORMAT") or "auto").lower()
         if log_format not in {"auto", "json", "console"}:
             raise SettingsError(f"RANKSTREAM_LOG_FORMAT={log_format!r} is invalid; use auto, json or console")
+        durability = (env.get("RANKSTREAM_DURABILITY") or "aof").lower()
+        if durability not in {"aof", "relaxed"}:
+            raise SettingsError(f"RANKSTREAM_DURABILITY={durability!r} is invalid; use aof (wait for the fsync) or relaxed")
         return cls(
             redis_url=_read_url(env, "RANKSTREAM_REDIS_URL", ("redis", "rediss", "unix")),
             database_url=_read_url(env, "RANKSTREAM_DATABASE_URL", ("postgres", "postgresql")),
@@ -160,6 +174,17 @@ class Settings:
             persist_max_wait_ms=_read_int(env, "RANKSTREAM_PERSIST_MAX_WAIT_MS", 100, 0, 60_000),
             dedupe_ttl_s=_read_int(env, "RANKSTREAM_DEDUPE_TTL_S", 7 * 24 * 3600, 7 * 24 * 3600, 366 * 24 * 3600),
             api_key_cache_ttl_s=_read_int(env, "RANKSTREAM_API_KEY_CACHE_TTL_S", 5, 0, 300),
+            durability=durability,
+            waitaof_timeout_ms=_read_int(env, "RANKSTREAM_WAITAOF_TIMEOUT_MS", 5_000, 1, 60_000),
+            max_backlog=_read_int(env, "RANKSTREAM_MAX_BACKLOG", 1_000_000, 1, 1_000_000_000),
+            retry_after_s=_read_int(env, "RANKSTREAM_RETRY_AFTER_S", 5, 1, 3600),
+            claim_idle_ms=_read_int(env, "RANKSTREAM_CLAIM_IDLE_MS", 30_000, 1, 86_400_000),
+            claim_interval_ms=_read_int(env, "RANKSTREAM_CLAIM_INTERVAL_MS", 5_000, 10, 3_600_000),
+            max_deliveries=_read_int(env, "RANKSTREAM_MAX_DELIVERIES", 5, 1, 1000),
+            handle_timeout_s=_read_int(env, "RANKSTREAM_HANDLE_TIMEOUT_S", 60, 1, 3600),
+            stop_timeout_s=_read_int(env, "RANKSTREAM_STOP_TIMEOUT_S", 10, 1, 600),
+            consumer_idle_delete_ms=_read_int(env, "RANKSTREAM_CONSUMER_IDLE_DELETE_MS", 3_600_000, 0, 30 * 86_400_000),
+            trim_interval_ms=_read_int(env, "RANKSTREAM_TRIM_INTERVAL_MS", 1_000, 0, 3_600_000),
             max_activity_bytes=_read_int(env, "RANKSTREAM_MAX_ACTIVITY_BYTES", 25 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
             activity_decode_timeout_ms=_read_int(env, "RANKSTREAM_ACTIVITY_DECODE_TIMEOUT_MS", 60_000, 1, 600_000),
             max_body_bytes=_read_int(env, "RANKSTREAM_MAX_BODY_BYTES", 1024 * 1024, 1024, 16 * 1024 * 1024),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.metrics import BATCH_DURATION, BATCH_SIZE, DEAD_LETTERS
 from shared.names import Names
 from shared.schema import StreamEvent, stream_event_decoder
 
@@ -99,6 +101,10 @@ class StreamConsumer:
         self.batch_wait_ms = batch_wait_ms
         self._stopping = asyncio.Event()
         self.batches_handled = 0
+        # Set once the group exists and this consumer has read from it; readiness waits on it.
+        self.joined = asyncio.Event()
+        # Export the group's dead-letter count as 0 from the start rather than leaving it absent.
+        DEAD_LETTERS.labels(group=group)
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and return."""
@@ -118,6 +124,7 @@ class StreamConsumer:
                     # Entries this consumer name read before a restart are still ours.
                     await self._drain_own_pending()
                     own_pending_done = True
+                    self.joined.set()
                 if loop.time() >= next_claim:
                     await self._claim_idle()
                     next_claim = loop.time() + self.claim_interval_s
@@ -185,6 +192,7 @@ class StreamConsumer:
                 return
 
     async def _handle(self, raw: list) -> None:
+        started_s = time.perf_counter()
         entries: list[Entry] = []
         dead: list[tuple[str, bytes, str]] = []
         for entry_id, fields in raw:
@@ -204,6 +212,8 @@ class StreamConsumer:
             await self.handler(entries)
             await self.client.xack(self.stream, self.group, *[entry.stream_id for entry in entries])
         self.batches_handled += 1
+        BATCH_SIZE.labels(group=self.group).observe(len(raw))
+        BATCH_DURATION.labels(group=self.group).observe(time.perf_counter() - started_s)
 
     async def _dead_letter(self, dead: list[tuple[str, bytes, str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -211,6 +221,7 @@ class StreamConsumer:
                 pipe.xadd(self.names.dead_letter_stream, {b"source_id": stream_id, b"group": self.group, EVENT_FIELD: payload, b"error": reason})
                 pipe.xack(self.stream, self.group, stream_id)
             await pipe.execute()
+        DEAD_LETTERS.labels(group=self.group).inc(len(dead))
         for stream_id, _payload, reason in dead:
             log.error("entry moved to dead-letter stream", group=self.group, stream_id=stream_id, error=reason)
 

@@ -28,6 +28,10 @@ async def probe_response(probes: Probes, connection: ServerConnection, request: 
     answer = await probes.answer(path)
     assert answer is not None
     response = connection.respond(answer.status, "")
+    # respond() set both headers for its empty body, and websockets headers are
+    # multi-valued, so they are removed before the real values are set.
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
     response.headers["Content-Type"] = answer.content_type
     response.headers["Content-Length"] = str(len(answer.body))
     response.body = answer.body

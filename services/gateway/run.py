@@ -30,6 +30,7 @@ async def run_gateway(settings: Settings, *, stop: asyncio.Event | None = None) 
     pusher = asyncio.create_task(gateway.push_loop(), name="push-loop")
     stopped = asyncio.Event()
     stopper = stop_on(stop, stopped.set)
+    await gateway.probes.sampler.sample_at_start()
     try:
         await asyncio.wait_for(gateway.subscribed.wait(), timeout=30)
         async with serve(

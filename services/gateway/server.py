@@ -18,8 +18,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from services.gateway.hub import Hub, PendingChanges, View
+from services.gateway.observe import count_broadcast, gateway_probes, probe_response
 from services.gateway.protocol import ProtocolError, Subscribe, Unsubscribe, parse_client_message
 from shared.boards import BoardRegistry
+from shared.metrics import WEBSOCKET_CONNECTIONS
 from shared.names import Names
 from shared.periods import resolve_period
 from shared.schema import board_update_decoder
@@ -60,13 +62,15 @@ class Gateway:
         self.hub: Hub[ServerConnection] = Hub()
         self.subscribed = asyncio.Event()
         self.messages_sent = 0
+        self.probes = gateway_probes(client, names, self.subscribed)
 
     # -- HTTP before the upgrade ------------------------------------------------
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Answer /healthz, reject unknown paths, let /v1/ws upgrade."""
-        if request.path == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Answer /metrics, /healthz and /readyz, reject unknown paths, let /v1/ws upgrade."""
+        probe = await probe_response(self.probes, connection, request)
+        if probe is not None:
+            return probe
         if request.path.split("?", 1)[0] != WS_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"not found; connect to {WS_PATH}\n")
         return None
@@ -78,6 +82,7 @@ class Gateway:
         connection_id = uuid.uuid4().hex[:16]
         structlog.contextvars.bind_contextvars(connection_id=connection_id)
         log.info("connection opened", remote=str(connection.remote_address))
+        WEBSOCKET_CONNECTIONS.inc()
         invalid = 0
         try:
             async for data in connection:
@@ -97,6 +102,7 @@ class Gateway:
             pass
         finally:
             self.hub.drop(connection)
+            WEBSOCKET_CONNECTIONS.dec()
             log.info("connection closed", code=connection.close_code)
 
     async def _serve_message(self, connection: ServerConnection, message: Subscribe | Unsubscribe) -> None:
@@ -195,5 +201,6 @@ class Gateway:
             if not connections:
                 continue
             message = _encoder.encode(await self._render(view, "update", changes.seq, change_list)).decode()
+            count_broadcast(connections)
             broadcast(connections, message)
             self.messages_sent += len(connections)

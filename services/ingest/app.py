@@ -94,7 +94,10 @@ def create_app(
         names=names,
         boards=boards,
         clock=clock,
-        appender=Appender(client, names, settings.dedupe_ttl_s),
+        appender=Appender(
+            client, names, settings.dedupe_ttl_s, durability=settings.durability, waitaof_timeout_ms=settings.waitaof_timeout_ms,
+            max_backlog=settings.max_backlog, retry_after_s=settings.retry_after_s,
+        ),
         authenticator=Authenticator(pool, settings.api_key_cache_ttl_s, clock),
     )
     app.router.add_post("/v1/events", post_events)

@@ -8,7 +8,10 @@ from aiohttp import web
 import msgspec
 import structlog
 
-from services.ingest.appender import CONFLICT, DUPLICATE
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.ingest.appender import CONFLICT, DUPLICATE, AppendUnavailable
 from services.ingest.auth import require_poster
 from services.ingest.decode import BodyError, Item, Rejection, decode_events
 from services.ingest.problems import problem
@@ -65,7 +68,17 @@ async def post_events(request: web.Request) -> web.Response:
                     f"this device key may post only for user_id {key.user_id!r}, not {item.user_id!r}",
                 )
 
-    results = await append_items(state, items)
+    try:
+        results = await append_items(state, items)
+    except AppendUnavailable as error:
+        log.warning("events not accepted", key_id=key.id, problem=error.slug, retry_after_s=error.retry_after_s)
+        return problem(503, error.slug, "Service unavailable", error.detail, headers={"Retry-After": str(error.retry_after_s)})
+    except (RedisConnectionError, RedisTimeoutError) as error:
+        log.warning("events not accepted, redis unavailable", key_id=key.id, error=str(error))
+        return problem(
+            503, "store-unavailable", "Service unavailable", "the event store did not answer; retry the same request later, events already stored count once",
+            headers={"Retry-After": str(state.appender.retry_after_s)},
+        )
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}
     for result in results:
         counts[result.status] += 1

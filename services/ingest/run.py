@@ -11,7 +11,9 @@ from services.ingest.app import create_app
 from shared.boards import BoardRegistry, load_boards
 from shared.database import create_pool
 from shared.lifecycle import stop_on
+from shared.names import Names
 from shared.redis_client import connect_redis
+from shared.redis_stats import RedisSampler
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -28,6 +30,7 @@ async def run_ingest(settings: Settings, *, stop: asyncio.Event | None = None) -
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
     await site.start()
     log.info("ingest listening", host=settings.http_host, port=settings.http_port)
+    await RedisSampler(client, Names(settings.namespace)).sample_at_start()
     stopped = asyncio.Event()
     stopper = stop_on(stop, stopped.set)
     try:

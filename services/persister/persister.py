@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import asyncpg
 import structlog
 
 from services.persister.store import insert_events
+from shared.metrics import POSTGRES_INSERT_DURATION, POSTGRES_ROWS_INSERTED
 from shared.stream import Entry
 
 log = structlog.get_logger(__name__)
@@ -22,6 +24,9 @@ class Persister:
 
     async def handle(self, entries: Sequence[Entry]) -> None:
         async with self.pool.acquire() as connection:
+            started_s = time.perf_counter()
             inserted = await insert_events(connection, entries)
+            POSTGRES_INSERT_DURATION.observe(time.perf_counter() - started_s)
+        POSTGRES_ROWS_INSERTED.inc(inserted)
         self.events_inserted += inserted
         log.debug("batch stored", entries=len(entries), inserted=inserted, first_id=entries[0].stream_id)

@@ -12,7 +12,7 @@ from shared.lifecycle import stop_on
 from shared.names import PERSISTER_GROUP, Names
 from shared.redis_client import connect_redis
 from shared.settings import Settings
-from shared.stream import StreamConsumer, default_consumer_name
+from shared.stream import StreamConsumer, consumer_options, default_consumer_name
 
 log = structlog.get_logger(__name__)
 
@@ -21,13 +21,14 @@ async def run_persister(settings: Settings, *, stop: asyncio.Event | None = None
     """Consume the persister group until SIGINT/SIGTERM or until ``stop`` is set."""
     assert settings.redis_url is not None and settings.database_url is not None
     client = connect_redis(settings.redis_url)
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    # No connection at start, so a persister starts while PostgreSQL is down and waits for it.
+    pool = await create_pool(settings.database_url, min_size=0, max_size=2)
     consumer_name = settings.consumer_name or default_consumer_name("persister")
     structlog.contextvars.bind_contextvars(consumer=consumer_name)
     persister = Persister(pool)
     consumer = StreamConsumer(
         client, Names(settings.namespace), PERSISTER_GROUP, consumer_name, persister.handle,
-        read_count=settings.persist_batch_size, block_ms=settings.block_ms, batch_wait_ms=settings.persist_max_wait_ms,
+        **consumer_options(settings, read_count=settings.persist_batch_size, batch_wait_ms=settings.persist_max_wait_ms),
     )
     stopper = stop_on(stop, consumer.stop)
     log.info("persister started")

@@ -12,7 +12,7 @@ from shared.lifecycle import stop_on
 from shared.names import RANKER_GROUP, Names
 from shared.redis_client import connect_redis
 from shared.settings import Settings
-from shared.stream import StreamConsumer, default_consumer_name
+from shared.stream import StreamConsumer, consumer_options, default_consumer_name
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +27,7 @@ async def run_ranker(settings: Settings, *, stop: asyncio.Event | None = None) -
     ranker = Ranker(client, Names(settings.namespace), boards)
     consumer = StreamConsumer(
         client, Names(settings.namespace), RANKER_GROUP, consumer_name, ranker.handle,
-        read_count=settings.read_count, block_ms=settings.block_ms,
+        **consumer_options(settings),
     )
     stopper = stop_on(stop, consumer.stop)
     log.info("ranker started", boards=len(boards.by_id))
