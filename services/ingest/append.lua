@@ -1,23 +1,45 @@
 -- Append new events to the stream, skipping ids seen before, atomically.
 --
 -- KEYS[1] events stream, KEYS[2..n+1] one "seen" key per event.
--- ARGV[1] seconds a seen key lives, then pairs: body hash, entry payload.
+-- ARGV[1] seconds a seen key lives, ARGV[2] the most entries the stream may
+-- hold, then pairs: body hash, entry payload.
 -- Returns one reply per event: the new entry id, "duplicate" (same id and
 -- body seen before) or "conflict" (same id, different body). The seen key and
 -- the entry are written together, so a retried request can never lose or
 -- double an event.
+-- When the new events would take the stream past its bound, nothing is
+-- written and the reply is {"full", current length}. Entries leave the stream
+-- only when every consumer group has acknowledged them, so the length is the
+-- backlog of the slowest group.
 
 local ttl_s = tonumber(ARGV[1])
+local max_entries = tonumber(ARGV[2])
+
+local previous = {}
+local new_events = 0
+for i = 2, #KEYS do
+  previous[i] = redis.call('GET', KEYS[i])
+  if previous[i] == false then
+    new_events = new_events + 1
+  end
+end
+
+if new_events > 0 then
+  local length = redis.call('XLEN', KEYS[1])
+  if length + new_events > max_entries then
+    return {'full', length}
+  end
+end
+
 local replies = {}
 for i = 2, #KEYS do
-  local body_hash = ARGV[(i - 1) * 2]
-  local payload = ARGV[(i - 1) * 2 + 1]
-  local previous = redis.call('GET', KEYS[i])
-  if previous == false then
+  local body_hash = ARGV[(i - 1) * 2 + 1]
+  local payload = ARGV[(i - 1) * 2 + 2]
+  if previous[i] == false then
     local entry_id = redis.call('XADD', KEYS[1], '*', 'event', payload)
     redis.call('SET', KEYS[i], body_hash, 'EX', ttl_s)
     replies[#replies + 1] = entry_id
-  elseif previous == body_hash then
+  elseif previous[i] == body_hash then
     replies[#replies + 1] = 'duplicate'
   else
     replies[#replies + 1] = 'conflict'

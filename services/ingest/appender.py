@@ -1,4 +1,14 @@
-"""Appending validated events to the events stream with de-duplication by event id."""
+"""Appending validated events to the events stream with de-duplication by event id.
+
+Durability: with ``durability="aof"`` (the default) :meth:`Appender.append`
+returns only after Redis has written the append to its append-only file and
+fsynced it (``WAITAOF 1 0``, Redis and Valkey 7.2 or later), so an accepted
+event survives a crash of the server or of the machine. With ``"relaxed"`` it
+returns once the append is in memory. The append-only file then gets fsynced
+by the server's ``appendfsync`` policy, and a power loss or operating-system
+crash can lose what was accepted since the last fsync (about one second with
+``appendfsync everysec``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ from importlib import resources
 
 import msgspec
 import redis.asyncio as redis
+from redis.exceptions import ResponseError
 
 from shared.names import Names
 from shared.schema import ScoreEvent, StreamEvent
@@ -17,6 +28,30 @@ APPEND_SCRIPT = resources.files("services.ingest").joinpath("append.lua").read_t
 
 DUPLICATE = "duplicate"
 CONFLICT = "conflict"
+_FULL = b"full"
+
+
+class AppendUnavailable(Exception):
+    """The events could not be accepted now; the client should retry after ``retry_after_s``."""
+
+    slug = "unavailable"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
+class BacklogFull(AppendUnavailable):
+    """The stream holds its maximum of unacknowledged entries; nothing was appended."""
+
+    slug = "backlog-full"
+
+
+class NotDurable(AppendUnavailable):
+    """The append was not confirmed on disk in time; it may still be processed, and a retry is a duplicate."""
+
+    slug = "not-durable"
 
 
 def body_hash(event: ScoreEvent) -> str:
@@ -26,20 +61,42 @@ def body_hash(event: ScoreEvent) -> str:
 
 
 class Appender:
-    """Append events with one script call per request."""
+    """Append events with one script call per request, then wait for the fsync unless relaxed."""
 
-    def __init__(self, client: redis.Redis, names: Names, dedupe_ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: Names,
+        dedupe_ttl_s: int,
+        *,
+        durability: str = "aof",
+        waitaof_timeout_ms: int = 5_000,
+        max_backlog: int = 1_000_000,
+        retry_after_s: int = 5,
+    ) -> None:
+        if durability not in ("aof", "relaxed"):
+            raise ValueError(f"durability must be 'aof' or 'relaxed', not {durability!r}")
         self.client = client
         self.names = names
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.durability = durability
+        self.waitaof_timeout_ms = waitaof_timeout_ms
+        self.max_backlog = max_backlog
+        self.retry_after_s = retry_after_s
         self.script = client.register_script(APPEND_SCRIPT)
 
     async def append(self, events: Sequence[ScoreEvent], received_at: datetime) -> list[str]:
-        """Return, per event, its new stream id, DUPLICATE or CONFLICT."""
+        """Return, per event, its new stream id, DUPLICATE or CONFLICT.
+
+        Raises BacklogFull when the stream is at its bound, and NotDurable
+        when the fsync was not confirmed within ``waitaof_timeout_ms`` or
+        the server cannot confirm it (no append-only file, or a Redis older
+        than 7.2). Redis connection errors propagate.
+        """
         if not events:
             return []
         keys = [self.names.events_stream]
-        args: list[str | bytes | int] = [self.dedupe_ttl_s]
+        args: list[str | bytes | int] = [self.dedupe_ttl_s, self.max_backlog]
         for event in events:
             keys.append(self.names.seen_event(event.event_id))
             stored = StreamEvent(
@@ -54,5 +111,31 @@ class Appender:
             )
             args.append(body_hash(event))
             args.append(msgspec.json.encode(stored))
-        replies = await self.script(keys=keys, args=args)
+
+        replies = await self._append_and_wait(keys, args)
+        if replies and replies[0] == _FULL:
+            raise BacklogFull(
+                f"the event stream holds {replies[1]} unprocessed entries, its maximum is {self.max_backlog}; nothing was stored, retry later",
+                self.retry_after_s,
+            )
         return [reply.decode() if isinstance(reply, bytes) else reply for reply in replies]
+
+    async def _append_and_wait(self, keys: list[str], args: list) -> list:
+        if self.durability == "relaxed":
+            return await self.script(keys=keys, args=args)
+
+        # WAITAOF waits for the writes of its own connection, so the script
+        # and the wait go through one pipeline, which uses one connection.
+        async with self.client.pipeline(transaction=False) as pipe:
+            await self.script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAITAOF", 1, 0, self.waitaof_timeout_ms)
+            replies, waited = await pipe.execute(raise_on_error=False)
+        if isinstance(replies, Exception):
+            raise replies
+        if replies and replies[0] == _FULL:
+            return replies
+        if isinstance(waited, ResponseError):
+            raise NotDurable(f"the server cannot confirm writes on disk ({waited}); enable appendonly or set RANKSTREAM_DURABILITY=relaxed", self.retry_after_s)
+        if int(waited[0]) < 1:
+            raise NotDurable(f"the append was not confirmed on disk within {self.waitaof_timeout_ms} ms; retry, a repeated event counts once", self.retry_after_s)
+        return replies

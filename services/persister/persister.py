@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 import structlog
 
 from services.persister.store import insert_events
 from shared.metrics import POSTGRES_INSERT_DURATION, POSTGRES_ROWS_INSERTED
-from shared.stream import Entry
+from shared.stream import DependencyUnavailable, Entry
 
 log = structlog.get_logger(__name__)
+
+# Errors meaning PostgreSQL is down, restarting or unreachable: the batch waits
+# for it. TimeoutError (an OSError) covers a connection attempt that timed out.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+)
 
 
 class Persister:
@@ -22,11 +34,20 @@ class Persister:
         self.pool = pool
         self.events_inserted = 0
 
-    async def handle(self, entries: Sequence[Entry]) -> None:
-        async with self.pool.acquire() as connection:
-            started_s = time.perf_counter()
-            inserted = await insert_events(connection, entries)
-            POSTGRES_INSERT_DURATION.observe(time.perf_counter() - started_s)
-        POSTGRES_ROWS_INSERTED.inc(inserted)
-        self.events_inserted += inserted
-        log.debug("batch stored", entries=len(entries), inserted=inserted, first_id=entries[0].stream_id)
+    async def handle(self, entries: Sequence[Entry]) -> Mapping[str, str]:
+        """Store a batch; return the entries the database refused, by stream id, with its error.
+
+        Raises DependencyUnavailable when PostgreSQL cannot be reached, so the
+        consumer retries the batch with backoff and keeps it pending meanwhile.
+        """
+        try:
+            async with self.pool.acquire() as connection:
+                started_s = time.perf_counter()
+                result = await insert_events(connection, entries)
+                POSTGRES_INSERT_DURATION.observe(time.perf_counter() - started_s)
+        except DATABASE_UNAVAILABLE as error:
+            raise DependencyUnavailable(f"PostgreSQL unavailable: {type(error).__name__}: {error}") from error
+        POSTGRES_ROWS_INSERTED.inc(result.inserted)
+        self.events_inserted += result.inserted
+        log.debug("batch stored", entries=len(entries), inserted=result.inserted, refused=len(result.refused), first_id=entries[0].stream_id)
+        return result.refused

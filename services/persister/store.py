@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
+import structlog
 
 from shared.stream import Entry
+
+log = structlog.get_logger(__name__)
 
 # One statement for the whole batch: arrays are unnested server-side, and the
 # primary key on event_id turns a re-delivered event into a no-op.
@@ -21,6 +25,19 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 _GROUP_SEPARATOR = "\x1f"
+
+# Errors that concern the rows themselves: invalid data (SQLSTATE class 22), a
+# violated constraint (class 23) or an exception raised by a trigger (P0001).
+# Retrying such a row can never succeed.
+ROW_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.RaiseError)
+
+
+@dataclass
+class InsertResult:
+    """Rows stored now, and the entries the database refused, by stream id, with its error."""
+
+    inserted: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def batch_columns(entries: Sequence[Entry]) -> list[list]:
@@ -48,8 +65,33 @@ def batch_columns(entries: Sequence[Entry]) -> list[list]:
     return columns
 
 
-async def insert_events(connection: asyncpg.Connection, entries: Sequence[Entry]) -> int:
-    """Insert a batch in one transaction; return how many rows were new."""
-    async with connection.transaction():
-        status = await connection.execute(INSERT_EVENTS, *batch_columns(entries))
+def _inserted_rows(status: str) -> int:
     return int(status.rsplit(" ", 1)[1])
+
+
+async def insert_events(connection: asyncpg.Connection, entries: Sequence[Entry]) -> InsertResult:
+    """Insert a batch in one transaction; if the database refuses a row, insert row by row.
+
+    Row by row, each row gets its own savepoint, so the refused rows are
+    reported with the database's error and the others are still stored,
+    all in one transaction. Connection errors propagate. A cancellation
+    before the commit completes rolls the transaction back.
+    """
+    try:
+        async with connection.transaction():
+            status = await connection.execute(INSERT_EVENTS, *batch_columns(entries))
+        return InsertResult(inserted=_inserted_rows(status))
+    except ROW_REFUSED as error:
+        log.warning("batch refused by database, inserting row by row", entries=len(entries), first_id=entries[0].stream_id, error=str(error))
+
+    result = InsertResult()
+    async with connection.transaction():
+        for entry in entries:
+            try:
+                async with connection.transaction():
+                    status = await connection.execute(INSERT_EVENTS, *batch_columns([entry]))
+            except ROW_REFUSED as error:
+                result.refused[entry.stream_id] = f"database refused the row ({error.sqlstate} {type(error).__name__}): {error}"
+            else:
+                result.inserted += _inserted_rows(status)
+    return result
