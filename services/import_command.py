@@ -25,7 +25,7 @@ MEDIA_TYPES = {
 }
 # Rate-limited (429) and overloaded (503) uploads are retried this many times in all.
 MAX_ATTEMPTS = 5
-# The longest wait between attempts, whatever Retry-After asks for.
+# The longest wait between attempts, whatever Retry-After requests.
 MAX_RETRY_WAIT_S = 30.0
 REQUEST_TIMEOUT_S = 120.0
 _RETRIED_STATUSES = frozenset({429, 503})
@@ -37,7 +37,7 @@ class ImportPathError(Exception):
 
 @dataclass
 class ImportReport:
-    """What an import did: event outcome counts and the files that failed, with the reason."""
+    """Event outcome counts of an import, and the files that failed with the reason."""
 
     files: int = 0
     events: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0})
@@ -69,7 +69,7 @@ def _retry_wait_s(response: aiohttp.ClientResponse, attempt: int) -> float:
 
 
 async def upload_file(session: aiohttp.ClientSession, url: str, path: Path, params: dict[str, str]) -> tuple[int, dict]:
-    """Upload one file, retrying 429 and 503 answers; return the final status and JSON body."""
+    """Upload one file, retrying 429 and 503 responses; return the final status and JSON body."""
     body = path.read_bytes()
     headers = {"Content-Type": MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")}
     for attempt in range(1, MAX_ATTEMPTS + 1):

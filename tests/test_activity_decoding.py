@@ -51,7 +51,7 @@ BAD_FILES = [
     ("activity-unexpected-eof.fit", "activity-truncated",
      "the FIT file is truncated: its header declares 771 bytes but the upload has 768; upload the complete file"),
     # The Strava app's file is 19 bytes shorter than its header declares, and the
-    # record at byte 7,451 is one byte short, so the decoder loses its place at 7,472.
+    # record at byte 7,451 appears to be one byte short, so the decoder loses its place at 7,472.
     ("strava-android-app-201.10-b1218918.fit", "activity-truncated",
      "the FIT file is truncated: its header declares 78252 bytes but the upload has 78233; upload the complete file"),
     ("activity-settings-corruptheader.fit", "activity-corrupt",
@@ -206,11 +206,11 @@ def test_fastest_time_interpolates_start() -> None:
 
 
 def test_best_power_holds_and_gaps() -> None:
-    """Power holds until the next sample for at most 10 s; a longer gap counts as zero."""
+    """Power is kept until the next sample for at most 10 s, and a longer gap counts as zero."""
     steady = [Sample(t, power_w=200.0) for t in range(0, 300)]
     assert best_average_power_w(steady, 300) == 200.0
     assert best_average_power_w(steady, 301) is None
-    # Two samples 60 s apart: the first holds 10 s, then 50 s of zero, then 1 s of the last.
+    # Two samples 60 s apart: 10 s of the first, then 50 s of zero, then 1 s of the last.
     gap = [Sample(0, power_w=300.0), Sample(60, power_w=300.0)]
     assert best_average_power_w(gap, 61) == pytest.approx(300.0 * 11 / 61)
     assert best_average_power_w([Sample(0), Sample(100)], 10) is None

@@ -11,11 +11,15 @@ import msgspec
 import pytest
 import redis.asyncio as redis
 
-from services.ingest.activities.scoring import activity_event_id
 from services.ingest.activities.model import Measurement
+from services.ingest.activities.scoring import activity_event_id
+from services.ranker.ranker import Ranker
 from shared.api_keys import KeyKind
+from shared.boards import BoardRegistry, load_boards
+from shared.names import Names
 from shared.schema import StreamEvent
 from shared.settings import Settings
+from shared.stream import Entry
 from tests.helpers import ingest_client, new_key
 from tests.test_activity_decoding import BAD_FILES, DATA
 
@@ -235,3 +239,34 @@ async def test_xml_uploads(upload_settings: Settings, redis_client, name: str, c
     assert [event["metric"] for event in body["events"]] == metrics
     assert [result["status"] for result in body["results"]] == ["accepted"] * len(metrics)
     assert [event.metric for event in await stream_events(redis_client, upload_settings)] == metrics
+
+
+async def test_fenix_2_run_on_default_boards(settings: Settings, redis_client) -> None:
+    """The 2015 Fenix 2 run tops the all-time boards but counts on no monthly board, whose 2015 periods closed."""
+    key = await new_key(settings)
+    async with ingest_client(settings) as http:
+        response = await http.post("/v1/activities?user_id=ada", data=(DATA / FENIX_2).read_bytes(), headers=fit_headers(key))
+        uploaded = await response.json()
+        entries = [
+            Entry(stream_id=stream_id.decode(), event=msgspec.json.decode(fields[b"event"], type=StreamEvent))
+            for stream_id, fields in await redis_client.xrange(f"{settings.namespace}:{{events}}:stream")
+        ]
+        await Ranker(redis_client, Names(settings.namespace), BoardRegistry(load_boards(settings.boards_file))).handle(entries)
+        longest = await (await http.get("/v1/boards/run-longest/users/ada")).json()
+        fastest = await (await http.get("/v1/boards/5k-fastest/users/ada")).json()
+        monthly = await (await http.get("/v1/boards/run-distance-monthly/top?period=2015-08")).json()
+
+    assert response.status == 202
+    outcomes = {event["metric"]: result for event, result in zip(uploaded["events"], uploaded["results"])}
+    assert outcomes["run_distance_m"]["status"] == "accepted"
+    assert outcomes["run_5k_time_s"]["status"] == "accepted"
+    # The default rules accept only metrics that some board ranks.
+    for metric in ("run_moving_time_s", "run_elapsed_time_s", "run_ascent_m", "run_calories_kcal", "run_1k_time_s"):
+        assert outcomes[metric]["status"] == "rejected", metric
+        assert outcomes[metric]["field"] == "metric", metric
+    assert [entry.event.metric for entry in entries] == ["run_distance_m", "run_5k_time_s"]
+
+    assert (longest["period"], longest["rank"], longest["score"]) == ("all", 1, 9008.22)
+    assert (fastest["period"], fastest["rank"], fastest["score"]) == ("all", 1, 1304.1)
+    assert monthly["entries"] == []
+    assert monthly["participants"] == 0

@@ -54,7 +54,7 @@ async def test_import_counts_events_and_failures(settings: Settings, redis_clien
 
 
 async def test_import_command_line(settings: Settings, redis_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """``rankstream import`` prints the summary and exits 0; without a key it exits 2 and says how to pass one."""
+    """``rankstream import`` prints the summary and exits 0; without a key it exits 2 and prints how to pass one."""
     from services.cli import main
 
     monkeypatch.delenv("RANKSTREAM_API_KEY", raising=False)

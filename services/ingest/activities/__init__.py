@@ -1,9 +1,9 @@
 """Activity file uploads: FIT, GPX and TCX recordings become score events.
 
 Decoding and metric derivation are plain functions (``detect``, ``fit``, ``gpx``,
-``tcx``, ``efforts``, ``derive``) that run in a separate process (``worker``);
-``scoring`` turns the derived measurements into score events and ``upload`` is
-the POST /v1/activities handler.
+``tcx``, ``efforts``, ``derive``), and ``worker`` runs them in a child process.
+``scoring`` turns the derived measurements into score events. ``upload`` is the
+POST /v1/activities handler.
 
 Errors::
 

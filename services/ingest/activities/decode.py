@@ -14,7 +14,7 @@ from services.ingest.activities.tcx import decode_tcx
 
 @dataclass(frozen=True, slots=True)
 class DecodedUpload:
-    """What one activity file yields: its format, session count and metric values."""
+    """The format, session count and metric values of one activity file."""
 
     format: ActivityFormat
     session_count: int

@@ -18,7 +18,7 @@ MEDIA_TYPE_FORMATS = {
     GPX_MEDIA_TYPE: ActivityFormat.GPX,
     TCX_MEDIA_TYPE: ActivityFormat.TCX,
 }
-# Media types that say nothing about the format, so the content decides.
+# Media types that name no format, so the content decides.
 GENERIC_MEDIA_TYPES = frozenset({"", "application/octet-stream", "application/xml", "text/xml"})
 
 _XML_ROOT_FORMATS = {"gpx": ActivityFormat.GPX, "TrainingCenterDatabase": ActivityFormat.TCX}

@@ -11,8 +11,8 @@ from itertools import accumulate
 
 from services.ingest.activities.model import Sample
 
-# A power sample holds until the next one, but for at most this long: a longer gap is
-# a pause (auto-pause records nothing) and counts as zero watts.
+# A power sample is kept until the next one, but for at most this long. A longer gap
+# is a pause, because auto-pause records nothing, and counts as zero watts.
 POWER_HOLD_MAX_S = 10
 # Power efforts are skipped for record streams longer than this, which bounds the
 # one-second series the average is computed over.
@@ -57,7 +57,7 @@ def fastest_time_s(samples: Sequence[Sample], distance_m: float) -> float | None
 def best_average_power_w(samples: Sequence[Sample], duration_s: int) -> float | None:
     """Return the highest mean power over any ``duration_s`` window, or None without enough power data.
 
-    The samples are spread over a one-second series in which each value holds
+    The samples are spread over a one-second series in which each value is kept
     until the next sample, for at most POWER_HOLD_MAX_S seconds.
     """
     powered = [sample for sample in samples if sample.power_w is not None]

@@ -25,7 +25,7 @@ def _corrupt(detail: str) -> ActivityFileError:
 
 
 def check_header(body: bytes) -> None:
-    """Raise ActivityFileError when the first header declares more data than the body holds or fails its CRC."""
+    """Raise ActivityFileError when the first header declares more data than the body contains, or fails its CRC."""
     header_size = body[0]
     data_size = int.from_bytes(body[4:8], "little")
     declared_bytes = header_size + data_size + _CRC_SIZE

@@ -1,4 +1,4 @@
-"""What a decoded activity file contains, independent of its format."""
+"""The decoded form of an activity file, the same for every format."""
 
 from __future__ import annotations
 

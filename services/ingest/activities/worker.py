@@ -1,8 +1,8 @@
 """Running ``decode_upload`` in a child process with a time bound.
 
-Each upload is decoded in its own process forked from a forkserver that has
-the decoders imported, so a file that takes too long is stopped by killing
-exactly its process, and a decoder crash cannot take the ingest process down.
+Each upload is decoded in its own process, forked from a forkserver that has
+the decoders imported. A file that takes too long is stopped by killing exactly
+its process, and a decoder crash cannot take the ingest process down.
 The call that waits for the child is blocking and meant for a thread, so the
 event loop never waits on decoding.
 """
