@@ -35,9 +35,14 @@ async def test_pipeline_end_to_end(settings: Settings, redis_client, tmp_path: P
         await wait_healthy(f"http://127.0.0.1:{settings.ws_port}/healthz")
 
         async with websockets.connect(f"ws://127.0.0.1:{settings.ws_port}/v1/ws") as ws, aiohttp.ClientSession() as http:
-            await ws.send(json.dumps({"type": "subscribe", "board": "pushups-weekly", "top": 10, "user": "u2"}))
+            welcome = await recv_json(ws)
+            assert welcome["type"] == "welcome"
+            await ws.send(json.dumps({"type": "subscribe", "id": "board", "board": "pushups-weekly", "top": 10, "user": "u2"}))
             snapshot = await recv_json(ws)
             assert snapshot["type"] == "snapshot"
+            assert snapshot["id"] == "board"
+            assert snapshot["resumed"] is False
+            assert snapshot["seq"] == 0
             assert snapshot["entries"] == []
             assert snapshot["standing"] is None
 
@@ -61,6 +66,7 @@ async def test_pipeline_end_to_end(settings: Settings, redis_client, tmp_path: P
                 {"rank": 2, "user_id": "u1", "score": 40, "display_name": "Ada"},
             ]
             assert update["type"] == "update"
+            assert update["id"] == "board"
             assert update["entries"] == expected_top
             assert update["standing"]["rank"] == 1
             assert update["standing"]["participants"] == 2

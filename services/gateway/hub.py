@@ -1,21 +1,19 @@
-"""Subscriptions and fan-out: who follows which view, and what changed since the last push."""
+"""Subscriptions: which connection follows which view under which id. No I/O here."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any
 
-from shared.schema import BoardUpdate, RankChange
-
-Connection = TypeVar("Connection")
+BoardPeriod = tuple[str, str]
 
 
 @dataclass(frozen=True)
 class View:
     """What a subscription shows: a board period's top N and optionally one athlete with neighbours.
 
-    Clients with equal views share one rendered message, encoded once.
+    Subscriptions with equal views share one read of Redis and one encoded body per push.
+    ``group`` names a group board of ``board`` when set.
     """
 
     board: str
@@ -23,93 +21,89 @@ class View:
     top: int
     user_id: str | None = None
     around: int = 0
+    group: str | None = None
+
+    @property
+    def board_period(self) -> BoardPeriod:
+        return (self.board_key, self.period)
+
+    @property
+    def board_key(self) -> str:
+        """The board name used in rank-change messages: the board id, or ``board/group`` for a group board."""
+        return self.board if self.group is None else f"{self.board}/{self.group}"
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One client subscription; ``seq`` is the board period's update number it has every change up to.
+
+    ``ready`` turns True once the first snapshot went out, so no update overtakes it.
+    """
+
+    client: Any
+    id: str
+    view: View
+    seq: int = 0
+    ready: bool = False
 
 
 @dataclass
-class PendingChanges:
-    """Changes to one board period not yet pushed: the latest change per athlete and the last seq."""
+class ViewState:
+    """What the last push of a view showed, to tell whether the top N changed and who overtook whom."""
 
+    top: list[tuple[str, int, Any]] = field(default_factory=list)
+    score: float | int | None = None
+    rank: int | None = None
     seq: int = 0
-    by_user: dict[str, RankChange] = field(default_factory=dict)
-
-    def add(self, update: BoardUpdate) -> None:
-        self.seq = max(self.seq, update.seq)
-        for change in update.changes:
-            previous = self.by_user.get(change.user_id)
-            if previous is not None:
-                # Keep the first old rank and score, so the pushed change spans the whole interval.
-                change = RankChange(
-                    user_id=change.user_id, score=change.score, rank=change.rank,
-                    old_score=previous.old_score, old_rank=previous.old_rank,
-                )
-            self.by_user[change.user_id] = change
-
-    def add_all(self, other: PendingChanges) -> None:
-        """Merge changes taken earlier back in, keeping newer ones."""
-        self.seq = max(self.seq, other.seq)
-        for user_id, change in other.by_user.items():
-            self.by_user.setdefault(user_id, change)
 
 
-class Hub(Generic[Connection]):
-    """Maps views to connections and collects board updates until the next flush."""
+class Hub:
+    """Maps views to subscriptions and collects the board periods that need a push."""
 
     def __init__(self) -> None:
-        self.connections_by_view: dict[View, set[Connection]] = {}
-        self.views_by_board_period: dict[tuple[str, str], set[View]] = {}
-        self.views_by_connection: dict[Connection, set[View]] = {}
-        self.pending: dict[tuple[str, str], PendingChanges] = {}
+        self.subscriptions_by_view: dict[View, set[Subscription]] = {}
+        self.views_by_board_period: dict[BoardPeriod, set[View]] = {}
+        self.view_states: dict[View, ViewState] = {}
+        self.dirty: set[BoardPeriod] = set()
 
-    def subscribe(self, connection: Connection, view: View) -> None:
-        self.connections_by_view.setdefault(view, set()).add(connection)
-        self.views_by_board_period.setdefault((view.board, view.period), set()).add(view)
-        self.views_by_connection.setdefault(connection, set()).add(view)
+    def add(self, subscription: Subscription) -> None:
+        view = subscription.view
+        self.subscriptions_by_view.setdefault(view, set()).add(subscription)
+        self.views_by_board_period.setdefault(view.board_period, set()).add(view)
 
-    def unsubscribe(self, connection: Connection, view: View) -> None:
-        connections = self.connections_by_view.get(view)
-        if connections is None:
+    def remove(self, subscription: Subscription) -> None:
+        view = subscription.view
+        subscriptions = self.subscriptions_by_view.get(view)
+        if subscriptions is None:
             return
-        connections.discard(connection)
-        self.views_by_connection.get(connection, set()).discard(view)
-        if not connections:
-            del self.connections_by_view[view]
-            board_period = (view.board, view.period)
-            views = self.views_by_board_period[board_period]
-            views.discard(view)
-            if not views:
-                del self.views_by_board_period[board_period]
-                self.pending.pop(board_period, None)
+        subscriptions.discard(subscription)
+        if subscriptions:
+            return
+        del self.subscriptions_by_view[view]
+        self.view_states.pop(view, None)
+        views = self.views_by_board_period[view.board_period]
+        views.discard(view)
+        if not views:
+            del self.views_by_board_period[view.board_period]
+            self.dirty.discard(view.board_period)
 
-    def unsubscribe_board(self, connection: Connection, board: str) -> int:
-        """Drop every view of ``board`` for ``connection``; return how many were dropped."""
-        views = [view for view in self.views_by_connection.get(connection, set()) if view.board == board]
-        for view in views:
-            self.unsubscribe(connection, view)
-        return len(views)
+    def is_followed(self, board_period: BoardPeriod) -> bool:
+        return board_period in self.views_by_board_period
 
-    def drop(self, connection: Connection) -> None:
-        for view in list(self.views_by_connection.pop(connection, set())):
-            self.views_by_connection[connection] = set()
-            self.unsubscribe(connection, view)
-        self.views_by_connection.pop(connection, None)
-
-    def views_of(self, connection: Connection) -> set[View]:
-        return self.views_by_connection.get(connection, set())
-
-    def on_update(self, update: BoardUpdate) -> None:
-        """Record an update if anyone follows its board period."""
-        board_period = (update.board, update.period)
+    def mark_dirty(self, board_period: BoardPeriod) -> None:
+        """Schedule a push of a board period, if anyone follows it."""
         if board_period in self.views_by_board_period:
-            self.pending.setdefault(board_period, PendingChanges()).add(update)
+            self.dirty.add(board_period)
 
-    def mark_all_stale(self) -> None:
-        """Force a push of every view, after pub/sub messages may have been lost."""
-        for board_period in self.views_by_board_period:
-            self.pending.setdefault(board_period, PendingChanges())
+    def take_dirty(self) -> set[BoardPeriod]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty
 
-    def take_pending(self) -> dict[tuple[str, str], PendingChanges]:
-        pending, self.pending = self.pending, {}
-        return pending
-
-    def views_for(self, board_period: tuple[str, str]) -> Iterable[View]:
+    def views_for(self, board_period: BoardPeriod) -> list[View]:
         return list(self.views_by_board_period.get(board_period, ()))
+
+    def subscriptions_of(self, view: View) -> list[Subscription]:
+        return list(self.subscriptions_by_view.get(view, ()))
+
+    def board_periods(self) -> list[BoardPeriod]:
+        return list(self.views_by_board_period)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 import structlog
 from websockets.asyncio.server import serve
 
-from services.gateway.server import Gateway
+from services.gateway.config import GatewayConfig
+from services.gateway.listener import connect_pubsub_client
+from services.gateway.protocol import CloseCode
+from services.gateway.server import WS_PATH, Gateway
 from shared.boards import BoardRegistry, load_boards
 from shared.lifecycle import stop_on
 from shared.names import Names
@@ -17,37 +21,60 @@ from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-MAX_MESSAGE_BYTES = 64 * 1024
+SUBSCRIBE_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 10.0
 
 
-async def run_gateway(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Serve WebSockets until SIGINT/SIGTERM or until ``stop`` is set; close clients with 1001."""
+async def run_gateway(settings: Settings, *, stop: asyncio.Event | None = None, config: GatewayConfig | None = None) -> None:
+    """Serve WebSockets until SIGINT/SIGTERM or until ``stop`` is set; close clients with 1001.
+
+    ``config`` defaults to the ``RANKSTREAM_WS_*`` environment variables.
+    """
     assert settings.redis_url is not None
+    config = config if config is not None else GatewayConfig.from_env()
+    if config.jwt_secret is None:
+        log.warning("websocket read access is open", hint="set RANKSTREAM_WS_JWT_SECRET to require signed tokens")
     boards = BoardRegistry(load_boards(settings.boards_file))
     client = connect_redis(settings.redis_url)
-    gateway = Gateway(client, Names(settings.namespace), boards)
-    listener = asyncio.create_task(gateway.listen(), name="pubsub-listener")
-    pusher = asyncio.create_task(gateway.push_loop(), name="push-loop")
+    names = Names(settings.namespace)
+    pubsub_client = connect_pubsub_client(settings.redis_url, f"{settings.namespace}:gateway:{os.getpid()}")
+    gateway = Gateway(client, pubsub_client, names, boards, config)
+    listener = asyncio.create_task(gateway.listener.run(), name="pubsub-listener")
+    pusher = asyncio.create_task(gateway.pusher.run(), name="push-loop")
     stopped = asyncio.Event()
     stopper = stop_on(stop, stopped.set)
     await gateway.probes.sampler.sample_at_start()
     try:
-        await asyncio.wait_for(gateway.subscribed.wait(), timeout=30)
+        await asyncio.wait_for(gateway.subscribed.wait(), timeout=SUBSCRIBE_TIMEOUT_S)
         async with serve(
             gateway.handle,
             settings.ws_host,
             settings.ws_port,
             process_request=gateway.process_request,
-            max_size=MAX_MESSAGE_BYTES,
-            ping_interval=20,
-            ping_timeout=20,
-            close_timeout=5,
+            max_size=config.max_message_bytes,
+            max_queue=16,
+            write_limit=config.high_water_bytes,
+            ping_interval=config.ping_interval_s,
+            ping_timeout=config.ping_timeout_s,
+            close_timeout=config.close_timeout_s,
+            reuse_port=config.reuse_port,
         ) as server:
-            log.info("gateway listening", host=settings.ws_host, port=settings.ws_port, path="/v1/ws")
+            log.info(
+                "gateway listening",
+                host=settings.ws_host,
+                port=settings.ws_port,
+                path=WS_PATH,
+                gateway=gateway.gateway_id,
+                reuse_port=config.reuse_port,
+                max_updates_per_s=config.max_updates_per_s,
+            )
             await stopped.wait()
-            # Leaving the block closes every connection with 1001 (going away).
-            server.close()
-            await asyncio.wait_for(server.wait_closed(), timeout=10)
+            # Stop accepting, then close every connection with 1001 (going away).
+            server.close(close_connections=True)
+            try:
+                await asyncio.wait_for(server.wait_closed(), timeout=SHUTDOWN_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("connections did not close in time", timeout_s=SHUTDOWN_TIMEOUT_S, code=int(CloseCode.GOING_AWAY))
     finally:
         if stopper is not None:
             stopper.cancel()
@@ -56,5 +83,6 @@ async def run_gateway(settings: Settings, *, stop: asyncio.Event | None = None) 
         for task in (listener, pusher):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await pubsub_client.aclose()
         await client.aclose()
-        log.info("gateway stopped", messages_sent=gateway.messages_sent)
+        log.info("gateway stopped", gateway=gateway.gateway_id, messages_sent=gateway.stats.messages_sent)

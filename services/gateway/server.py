@@ -1,9 +1,16 @@
-"""The gateway's WebSocket server, pub/sub listener and push loop."""
+"""The gateway's WebSocket endpoint: handshake checks, one task per connection, subscribe and unsubscribe.
+
+Pushes are made by :mod:`services.gateway.push` and rank changes arrive through
+:mod:`services.gateway.listener`; this module wires them together.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+import weakref
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -11,31 +18,30 @@ from http import HTTPStatus
 import msgspec
 import redis.asyncio as redis
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.gateway.hub import Hub, PendingChanges, View
-from services.gateway.observe import count_broadcast, gateway_probes, probe_response
-from services.gateway.protocol import ProtocolError, Subscribe, Unsubscribe, parse_client_message
-from shared.boards import BoardRegistry
+from services.gateway import messages
+from services.gateway.access import OPEN_GRANT, AccessError, Grant, check_origin, token_from_request, verify_token
+from services.gateway.clients import Client
+from services.gateway.config import GatewayConfig
+from services.gateway.history import History, plan_resume
+from services.gateway.hub import Hub, Subscription, View, ViewState
+from services.gateway.listener import Listener
+from services.gateway.observe import gateway_probes, probe_response
+from services.gateway.protocol import CloseCode, Ping, ProtocolError, Subscribe, Unsubscribe, parse_client_message
+from services.gateway.push import Pusher, Stats
+from services.gateway.render import Renderer
+from shared.boards import Board, BoardRegistry, Scope
 from shared.metrics import WEBSOCKET_CONNECTIONS
 from shared.names import Names
 from shared.periods import resolve_period
-from shared.schema import board_update_decoder
-from shared.standings import read_top, read_user
 
 log = structlog.get_logger(__name__)
 
 WS_PATH = "/v1/ws"
-MAX_INVALID_MESSAGES = 10
-MAX_SUBSCRIPTIONS_PER_CONNECTION = 50
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY_VIOLATION = 1008
-
-_encoder = msgspec.json.Encoder()
+STATS_PATH = "/v1/gateway/stats"
 
 
 def utc_now() -> datetime:
@@ -43,164 +49,256 @@ def utc_now() -> datetime:
 
 
 class Gateway:
-    """Serve subscriptions from one Redis pub/sub subscription for the whole process."""
+    """Serve subscriptions of many connections from one pub/sub subscription for the whole process."""
 
     def __init__(
         self,
         client: redis.Redis,
+        pubsub_client: redis.Redis,
         names: Names,
         boards: BoardRegistry,
+        config: GatewayConfig,
         *,
-        flush_interval_s: float = 0.1,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.client = client
         self.names = names
         self.boards = boards
-        self.flush_interval_s = flush_interval_s
+        self.config = config
         self.clock = clock
-        self.hub: Hub[ServerConnection] = Hub()
-        self.subscribed = asyncio.Event()
-        self.messages_sent = 0
+        self.gateway_id = uuid.uuid4().hex[:12]
+        self.hub = Hub()
+        self.history = History(max_changes=config.history_max_changes, max_board_periods=config.history_max_board_periods)
+        self.stats = Stats()
+        self.pusher = Pusher(self.hub, self.history, Renderer(client, names), self._board, config, self.stats)
+        self.listener = Listener(pubsub_client, client, names, self.history, self.pusher.mark)
+        self.subscribed = self.listener.subscribed
         self.probes = gateway_probes(client, names, self.subscribed)
+        self.clients: set[Client] = set()
+        self.connections_by_ip: Counter[str] = Counter()
+        self.grants: weakref.WeakKeyDictionary[ServerConnection, Grant] = weakref.WeakKeyDictionary()
+
+    def _board(self, board_id: str) -> Board | None:
+        # Looked up on each push: the registry may be replaced while running.
+        return self.boards.by_id.get(board_id)
 
     # -- HTTP before the upgrade ------------------------------------------------
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Answer /metrics, /healthz and /readyz, reject unknown paths, let /v1/ws upgrade."""
+        """Answer probes and stats, then check path, origin, per-IP limit and token before the upgrade."""
         probe = await probe_response(self.probes, connection, request)
         if probe is not None:
             return probe
-        if request.path.split("?", 1)[0] != WS_PATH:
+        path, _, query = request.path.partition("?")
+        if path == STATS_PATH:
+            response = connection.respond(HTTPStatus.OK, "")
+            response.body = msgspec.json.encode(self.stats_document())
+            # respond() already set both headers for its empty body; websockets
+            # headers are multi-valued, so assigning again would add a second one.
+            del response.headers["Content-Type"]
+            del response.headers["Content-Length"]
+            response.headers["Content-Type"] = "application/json"
+            response.headers["Content-Length"] = str(len(response.body))
+            return response
+        if path != WS_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"not found; connect to {WS_PATH}\n")
+        ip = _ip_of(connection)
+        try:
+            check_origin(request.headers.get("Origin"), self.config.allowed_origins)
+            if self.connections_by_ip[ip] >= self.config.max_connections_per_ip:
+                raise AccessError(429, f"too many connections from {ip}; at most {self.config.max_connections_per_ip} are allowed")
+            if self.config.jwt_secret is not None:
+                self.grants[connection] = verify_token(token_from_request(request.headers.get("Authorization"), query), self.config.jwt_secret)
+        except AccessError as error:
+            log.info("handshake rejected", status=error.status, reason=error.message, remote=ip)
+            return connection.respond(HTTPStatus(error.status), error.message + "\n")
         return None
+
+    def stats_document(self) -> dict:
+        return {
+            "gateway": self.gateway_id,
+            "connections": len(self.clients),
+            "subscriptions": sum(len(client.subscriptions) for client in self.clients),
+            "messages_sent": self.stats.messages_sent,
+            "slow_closed": self.stats.slow_closed,
+            "max_buffered_bytes": self.stats.max_buffered_bytes,
+            "buffered_bytes": sum(client.buffered_bytes() for client in self.clients),
+            "gaps_detected": self.history.gaps_detected,
+            "pubsub_reconnects": self.listener.reconnects,
+        }
 
     # -- one connection -------------------------------------------------------
 
     async def handle(self, connection: ServerConnection) -> None:
+        """Serve one connection until it closes; its subscriptions end with it."""
         structlog.contextvars.clear_contextvars()
         connection_id = uuid.uuid4().hex[:16]
         structlog.contextvars.bind_contextvars(connection_id=connection_id)
-        log.info("connection opened", remote=str(connection.remote_address))
+        ip = _ip_of(connection)
+
+        # process_request checked the limit, but handshakes run concurrently.
+        if self.connections_by_ip[ip] >= self.config.max_connections_per_ip:
+            log.info("connection rejected", reason="too many connections", remote=ip)
+            await connection.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections from this address")
+            return
+        self.connections_by_ip[ip] += 1
+        client = Client(connection, connection_id, ip, self.grants.pop(connection, OPEN_GRANT))
+        self.clients.add(client)
         WEBSOCKET_CONNECTIONS.inc()
-        invalid = 0
+        log.info("connection opened", remote=ip)
         try:
-            async for data in connection:
-                try:
-                    message = parse_client_message(data)
-                    await self._serve_message(connection, message)
-                except ProtocolError as error:
-                    invalid += 1
-                    await connection.send(_encoder.encode({"type": "error", "code": error.code, "message": error.message}).decode())
-                    if error.code == "binary_not_supported":
-                        await connection.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
-                        return
-                    if invalid >= MAX_INVALID_MESSAGES:
-                        await connection.close(CLOSE_POLICY_VIOLATION, "too many invalid messages")
-                        return
+            await connection.send(messages.welcome(self.gateway_id, self.config.max_subscriptions, self.config.max_updates_per_s), text=True)
+            await self._serve(client)
         except ConnectionClosed:
             pass
         finally:
-            self.hub.drop(connection)
+            for subscription in client.subscriptions.values():
+                self.hub.remove(subscription)
+            client.closing = True
+            self.clients.discard(client)
+            self.connections_by_ip[ip] -= 1
+            if self.connections_by_ip[ip] <= 0:
+                del self.connections_by_ip[ip]
             WEBSOCKET_CONNECTIONS.dec()
-            log.info("connection closed", code=connection.close_code)
+            log.info("connection closed", code=connection.close_code, subscriptions=len(client.subscriptions))
 
-    async def _serve_message(self, connection: ServerConnection, message: Subscribe | Unsubscribe) -> None:
-        if isinstance(message, Unsubscribe):
-            dropped = self.hub.unsubscribe_board(connection, message.board)
-            await connection.send(_encoder.encode({"type": "unsubscribed", "board": message.board, "subscriptions": dropped}).decode())
-            return
+    async def _serve(self, client: Client) -> None:
+        connection = client.connection
+        invalid = 0
+        while True:
+            deadline, reason = self._deadline(client)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await connection.recv()
+            except TimeoutError:
+                code = CloseCode.TOKEN_EXPIRED if reason == "token" else CloseCode.IDLE_TIMEOUT
+                text = "the token expired; reconnect with a new one" if reason == "token" else "idle: no subscription and no message"
+                log.info("connection timed out", reason=reason, code=int(code))
+                await self._close(connection, code, text)
+                return
+            try:
+                await self._dispatch(client, parse_client_message(data))
+            except ProtocolError as error:
+                invalid += 1
+                log.info("invalid client message", code=error.code, invalid=invalid, size_bytes=len(data))
+                await connection.send(messages.error(error.code, error.message, error.subscription_id), text=True)
+                if error.code == "binary_not_supported":
+                    await self._close(connection, CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+                    return
+                if invalid >= self.config.max_invalid_messages:
+                    await self._close(connection, CloseCode.POLICY_VIOLATION, "too many invalid messages")
+                    return
+
+    def _deadline(self, client: Client) -> tuple[float | None, str]:
+        """Return the loop time at which to stop waiting for a message, and why."""
+        loop_time = asyncio.get_running_loop().time()
+        deadline, reason = None, "idle"
+        if not client.subscriptions:
+            deadline = loop_time + self.config.idle_timeout_s
+        expires_at = client.grant.expires_at
+        if expires_at is not None:
+            token_deadline = loop_time + (expires_at - time.time())
+            if deadline is None or token_deadline < deadline:
+                deadline, reason = token_deadline, "token"
+        return deadline, reason
+
+    async def _close(self, connection: ServerConnection, code: CloseCode, reason: str) -> None:
+        try:
+            async with asyncio.timeout(self.config.close_timeout_s):
+                await connection.close(code, reason)
+        except TimeoutError:
+            connection.transport.abort()
+
+    async def _dispatch(self, client: Client, message: Subscribe | Unsubscribe | Ping) -> None:
+        if isinstance(message, Ping):
+            await client.connection.send(messages.pong(message.data), text=True)
+        elif isinstance(message, Unsubscribe):
+            subscription = client.subscriptions.pop(message.id, None)
+            if subscription is None:
+                raise ProtocolError("subscription_not_found", f"no subscription has id {message.id!r} on this connection", message.id)
+            self.hub.remove(subscription)
+            await client.connection.send(messages.unsubscribed(message.id), text=True)
+        else:
+            await self._subscribe(client, message)
+
+    # -- subscribe --------------------------------------------------------------
+
+    def _view_of(self, client: Client, message: Subscribe) -> tuple[Board, View]:
+        """Validate a subscribe request against the boards, the grant and the limits."""
+        subscription_id = message.id
+        if subscription_id in client.subscriptions:
+            raise ProtocolError("duplicate_id", f"subscription id {subscription_id!r} is in use on this connection; unsubscribe it first or pick another id", subscription_id)
+        if len(client.subscriptions) >= self.config.max_subscriptions:
+            raise ProtocolError("too_many_subscriptions", f"a connection may hold at most {self.config.max_subscriptions} subscriptions; unsubscribe one first", subscription_id)
         board = self.boards.by_id.get(message.board)
         if board is None:
-            raise ProtocolError("board_not_found", f"no board has id {message.board!r}")
+            raise ProtocolError("board_not_found", f"board: no board has id {message.board!r}", subscription_id)
+        if not client.grant.allows(board.id):
+            raise ProtocolError("forbidden", f"board: the token does not allow board {board.id!r}", subscription_id)
+        group_board = getattr(board, "scope", None) is Scope.GROUP
+        if message.group is not None and not group_board:
+            raise ProtocolError("invalid_message", f"group: board {board.id!r} is not a group board; leave group out", subscription_id)
+        if message.group is None and group_board:
+            raise ProtocolError("invalid_message", f"group: board {board.id!r} ranks each group separately; name the group", subscription_id)
         try:
             period = resolve_period(board, message.period, self.clock())
         except ValueError as error:
-            raise ProtocolError("invalid_period", str(error)) from None
-        if len(self.hub.views_of(connection)) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
-            raise ProtocolError("too_many_subscriptions", f"a connection may hold at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions")
-        # NOTE: a subscription stays on the period it resolved to; after a reset
-        # the client subscribes again to follow the new current period.
-        view = View(board=board.id, period=period, top=message.top, user_id=message.user, around=message.around)
-        # Subscribe before reading, so no update between the read and the
-        # subscription is missed; a duplicate push is harmless.
-        self.hub.subscribe(connection, view)
-        seq = int(await self.client.get(self.names.board_seq(board.id, period)) or 0)
-        snapshot = await self._render(view, "snapshot", seq, [])
-        await connection.send(_encoder.encode(snapshot).decode())
-        log.debug("subscribed", board=board.id, period=period, top=view.top, user_id=view.user_id)
+            raise ProtocolError("invalid_period", f"period: {error}", subscription_id) from None
+        view = View(board=board.id, period=period, top=message.top, user_id=message.user, around=message.around, group=message.group)
+        return board, view
 
-    async def _render(self, view: View, kind: str, seq: int, changes: list) -> dict:
-        board = self.boards.by_id[view.board]
-        entries = await read_top(self.client, self.names, board, view.period, view.top) if view.top else []
-        standing = None
-        if view.user_id is not None:
-            standing = await read_user(self.client, self.names, board, view.period, view.user_id, view.around)
-        return {
-            "type": kind,
+    async def _subscribe(self, client: Client, message: Subscribe) -> None:
+        """Register a subscription and send its first snapshot, resumed when ``since`` allows.
+
+        The subscription joins the hub before the reads, so no update published
+        during them is missed; it receives pushes only once the snapshot is sent.
+        """
+        board, view = self._view_of(client, message)
+        subscription = Subscription(client=client, id=message.id, view=view)
+        client.subscriptions[message.id] = subscription
+        self.hub.add(subscription)
+        try:
+            await self._send_snapshot(board, subscription, message.since)
+        except BaseException:
+            client.subscriptions.pop(message.id, None)
+            self.hub.remove(subscription)
+            raise
+        log.debug("subscribed", subscription_id=message.id, board=view.board, period=view.period, group=view.group, seq=subscription.seq)
+
+    async def _send_snapshot(self, board: Board, subscription: Subscription, since: int | None) -> None:
+        view = subscription.view
+
+        # Read the counter before the state, so the state is at least as new as the seq sent.
+        counter = int(await self.client.get(self.names.board_seq(view.board_key, view.period)) or 0)
+        history = self.history.ensure(view.board_period, counter)
+        resumed, seq, changes = plan_resume(since, counter, history)
+        rendered = (await self.pusher.renderer.read(board, [view]))[view]
+
+        body = {
             "board": view.board,
             "period": view.period,
-            "top": view.top,
-            "user_id": view.user_id,
+            "group": view.group,
             "seq": seq,
-            "entries": entries,
-            "standing": standing,
+            "resumed": resumed,
+            "entries": rendered.entries,
+            "standing": rendered.standing,
             "changes": changes,
         }
+        await subscription.client.connection.send(messages.with_head("snapshot", subscription.id, messages.encode(body)), text=True)
+        subscription.seq = seq
+        subscription.ready = True
+        if view not in self.hub.view_states:
+            standing = rendered.standing
+            self.hub.view_states[view] = ViewState(
+                top=[(entry.user_id, entry.rank, entry.score) for entry in rendered.entries],
+                score=standing.score if standing is not None else None,
+                rank=standing.rank if standing is not None else None,
+                seq=seq,
+            )
+        if history.last_seq > seq:
+            self.pusher.mark(view.board_period)
 
-    # -- pub/sub and pushes -----------------------------------------------------
 
-    async def listen(self) -> None:
-        """Follow the rank-changes channel, resubscribing after connection errors."""
-        backoff_s = 0.1
-        while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.names.rank_changes_channel)
-                if not self.subscribed.is_set():
-                    self.subscribed.set()
-                else:
-                    # Messages published while we were away are lost: re-read every view.
-                    self.hub.mark_all_stale()
-                    log.info("pubsub resubscribed", channel=self.names.rank_changes_channel)
-                backoff_s = 0.1
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    try:
-                        self.hub.on_update(board_update_decoder.decode(message["data"]))
-                    except msgspec.DecodeError as error:
-                        log.error("invalid rank-change message skipped", error=str(error))
-            except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as error:
-                log.warning("pubsub connection lost, retrying", error=str(error), backoff_s=backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-            finally:
-                try:
-                    await pubsub.aclose()
-                except (RedisConnectionError, OSError):
-                    pass
-
-    async def push_loop(self) -> None:
-        """Every flush interval, render each changed view once and send it to all its subscribers."""
-        while True:
-            await asyncio.sleep(self.flush_interval_s)
-            pending = self.hub.take_pending()
-            for board_period, changes in pending.items():
-                try:
-                    await self._push(board_period, changes)
-                except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-                    log.warning("push failed, will retry", board=board_period[0], period=board_period[1], error=str(error))
-                    self.hub.pending.setdefault(board_period, PendingChanges()).add_all(changes)
-
-    async def _push(self, board_period: tuple[str, str], changes: PendingChanges) -> None:
-        change_list = list(changes.by_user.values())
-        for view in self.hub.views_for(board_period):
-            connections = self.hub.connections_by_view.get(view)
-            if not connections:
-                continue
-            message = _encoder.encode(await self._render(view, "update", changes.seq, change_list)).decode()
-            count_broadcast(connections)
-            broadcast(connections, message)
-            self.messages_sent += len(connections)
+def _ip_of(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if address else "unknown"

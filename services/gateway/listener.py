@@ -1,0 +1,123 @@
+"""The gateway's one pub/sub subscription to rank changes, with reconnects and gap checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import msgspec
+import redis.asyncio as redis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.gateway.history import BoardPeriod, History
+from shared.boards import ranking_id
+from shared.names import Names
+from shared.schema import BoardUpdate, board_update_decoder
+
+log = structlog.get_logger(__name__)
+
+MAX_BACKOFF_S = 5.0
+
+
+def connect_pubsub_client(url: str, client_name: str) -> redis.Redis:
+    """Return a client for the subscription that never retries on its own.
+
+    redis-py's retry would reconnect and resubscribe silently, hiding the very
+    moment messages may have been lost; the listener reconnects itself instead.
+    """
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(NoBackoff(), retries=0),
+        socket_connect_timeout=5,
+        client_name=client_name,
+        decode_responses=False,
+    )
+
+
+def board_period_of(update: BoardUpdate) -> BoardPeriod:
+    return (ranking_id(update.board, update.group), update.period)
+
+
+class Listener:
+    """Feeds every rank-change message into ``history`` and tells ``on_change`` which board period moved.
+
+    ``on_change(board_period, final)`` is called for each new update and for each
+    gap found; ``final`` is True for the message that closes a period.
+    """
+
+    def __init__(
+        self,
+        pubsub_client: redis.Redis,
+        client: redis.Redis,
+        names: Names,
+        history: History,
+        on_change: Callable[[BoardPeriod, bool], None],
+    ) -> None:
+        self.pubsub_client = pubsub_client
+        self.client = client
+        self.names = names
+        self.history = history
+        self.on_change = on_change
+        self.subscribed = asyncio.Event()
+        self.reconnects = 0
+
+    async def run(self) -> None:
+        """Follow the rank-changes channel until cancelled, reconnecting after connection errors."""
+        backoff_s = 0.1
+        while True:
+            pubsub = self.pubsub_client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.names.rank_changes_channel)
+                if self.subscribed.is_set():
+                    self.reconnects += 1
+                    await self._check_gaps()
+                    log.info("pubsub resubscribed", channel=self.names.rank_changes_channel, reconnects=self.reconnects)
+                self.subscribed.set()
+                backoff_s = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._receive(message["data"])
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                log.warning("pubsub connection lost, retrying", error=str(error), backoff_s=backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+            finally:
+                try:
+                    await asyncio.wait_for(pubsub.aclose(), timeout=5)
+                except (RedisConnectionError, OSError, TimeoutError):
+                    pass
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            update = board_update_decoder.decode(data)
+        except msgspec.DecodeError as error:
+            log.error("invalid rank-change message skipped", error=str(error), size_bytes=len(data))
+            return
+        board_period = board_period_of(update)
+        gap = self.history.add(update)
+        if gap:
+            log.warning("rank-change gap detected", board=board_period[0], period=board_period[1], seq=update.seq)
+        self.on_change(board_period, update.final)
+
+    async def _check_gaps(self) -> None:
+        """Compare each known board period's counter in Redis with the last update received.
+
+        Messages published while the subscription was down are lost for good; a
+        counter ahead of the history means some were, so those views re-snapshot.
+        """
+        board_periods = list(self.history.boards)
+        if not board_periods:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for board, period in board_periods:
+                pipe.get(self.names.board_seq(board, period))
+            counters = await pipe.execute()
+        for board_period, counter in zip(board_periods, counters, strict=True):
+            if self.history.observe(board_period, int(counter or 0)):
+                log.warning("rank-change gap detected after reconnect", board=board_period[0], period=board_period[1], seq=int(counter or 0))
+                self.on_change(board_period, False)
