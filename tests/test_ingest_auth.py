@@ -13,8 +13,11 @@ import aiohttp
 import asyncpg
 import pytest
 
+import services.ingest.auth
 import shared.api_keys
+from services.ingest.auth import AuthError, Authenticator
 from shared.api_keys import KeyKind, create_key, hash_key, revoke_key
+from shared.database import create_pool
 from shared.settings import Settings
 from tests.conftest import service_env
 from tests.helpers import ingest_client, new_key, wait_for, wait_healthy
@@ -192,3 +195,25 @@ async def test_key_never_in_logs(settings: Settings, redis_client, tmp_path: Pat
         assert secret not in ingest_log
         assert secret not in created.stderr
         assert secret.removeprefix("rsk_") not in ingest_log
+
+
+async def test_unknown_key_flood_keeps_real_keys_cached(
+    settings: Settings, redis_client, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More unknown keys than the cache bound do not evict a real key, so it needs no new lookup."""
+    monkeypatch.setattr(services.ingest.auth, "MAX_CACHED_KEYS", 5)
+    _key, text = await create_key(db, "real", KeyKind.SERVER)
+    pool = await create_pool(settings.database_url, max_size=1)
+    authenticator = Authenticator(pool, 60, lambda: datetime.now(timezone.utc))
+    try:
+        await authenticator.authenticate(f"Bearer {text}")
+        for index in range(20):
+            with pytest.raises(AuthError):
+                await authenticator.authenticate(f"Bearer rsk_unknown{index}")
+    finally:
+        await pool.close()
+    # With the pool closed, only a cache hit can still authenticate the real key.
+    key = await authenticator.authenticate(f"Bearer {text}")
+
+    assert key.name == "real"
+    assert len(authenticator._unknown) <= 5

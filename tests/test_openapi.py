@@ -92,3 +92,15 @@ async def test_schemathesis_finds_no_errors(settings: Settings, redis_client, tm
     assert admin.returncode == 0, admin.stdout[-6000:]
     assert still_up == 200
     assert '"request failed"' not in ingest_log
+
+
+async def test_unsupported_method_lists_allowed(settings: Settings, redis_client) -> None:
+    """A method a path does not take gets 405 problem+json with the Allow header."""
+    async with ingest_client(settings) as http:
+        response = await http.put("/v1/events", json={})
+        body = await response.json(content_type=None)
+
+    assert response.status == 405
+    assert response.content_type == "application/problem+json"
+    assert response.headers["Allow"] == "POST"
+    assert body["status"] == 405

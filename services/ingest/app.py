@@ -60,7 +60,9 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        response = problem(error.status, "http-error", error.reason, error.text or error.reason)
+        # Keep headers the status needs, such as Allow on a 405.
+        kept = {name: value for name, value in error.headers.items() if name.lower() in {"allow", "retry-after"}}
+        response = problem(error.status, "http-error", error.reason, error.text or error.reason, headers=kept or None)
     except Exception:
         log.exception("request failed")
         response = problem(500, "internal-error", "Internal server error", f"the request failed; quote request id {request_id} when reporting it")

@@ -56,7 +56,10 @@ class Authenticator:
         self.pool = pool
         self.cache_ttl_s = cache_ttl_s
         self.clock = clock
-        self._cache: dict[bytes, tuple[float, ApiKey | None]] = {}
+        self._cache: dict[bytes, tuple[float, ApiKey]] = {}
+        # Unknown keys are cached apart, so a flood of random keys clears only
+        # this map and never pushes real keys out of the cache.
+        self._unknown: dict[bytes, float] = {}
 
     async def authenticate(self, header: str | None) -> ApiKey:
         """Return the key's metadata; raise AuthError (401) for a missing, unknown, revoked or expired key."""
@@ -66,11 +69,18 @@ class Authenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             key = cached[1]
+        elif self._unknown.get(digest, 0.0) > now:
+            key = None
         else:
             key = await find_key(self.pool, token)
-            if len(self._cache) >= MAX_CACHED_KEYS:
-                self._cache.clear()
-            self._cache[digest] = (now + self.cache_ttl_s, key)
+            if key is None:
+                if len(self._unknown) >= MAX_CACHED_KEYS:
+                    self._unknown.clear()
+                self._unknown[digest] = now + self.cache_ttl_s
+            else:
+                if len(self._cache) >= MAX_CACHED_KEYS:
+                    self._cache.clear()
+                self._cache[digest] = (now + self.cache_ttl_s, key)
         if key is None:
             raise AuthError(401, "the API key is not valid; create one with 'rankstream keys create'")
         if not key.usable_at(self.clock()):
@@ -79,5 +89,6 @@ class Authenticator:
         return key
 
     def forget(self) -> None:
-        """Drop every cached answer, so a revocation made by this process applies at once."""
+        """Drop every cached lookup, so a revocation made by this process applies at once."""
         self._cache.clear()
+        self._unknown.clear()
