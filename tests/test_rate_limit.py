@@ -89,3 +89,23 @@ async def test_zero_rate_turns_limiting_off(settings: Settings, redis_client) ->
 
     assert outcomes == [True] * 5
     assert await redis_client.exists(Names(settings.namespace).rate_limit_bucket("key:1")) == 0
+
+
+async def test_unreachable_redis_lets_requests_through(settings: Settings) -> None:
+    """With Redis unreachable the limiter lets the request through instead of failing it."""
+    import redis.asyncio as redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from shared.embedded import free_port
+
+    # No retries, so the refused connection fails at once.
+    client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0), socket_connect_timeout=2)
+    try:
+        limiter = RateLimiter(client, Names(settings.namespace), per_minute=60, burst_requests=1)
+        allowance = await limiter.check("key:1")
+    finally:
+        await client.aclose()
+
+    assert allowance.allowed is True
+    assert allowance.remaining == 0

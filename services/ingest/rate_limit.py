@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from importlib import resources
 
 import redis.asyncio as redis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.names import Names
 
+log = structlog.get_logger(__name__)
+
 RATE_LIMIT_SCRIPT = resources.files("services.ingest").joinpath("rate_limit.lua").read_text(encoding="utf-8")
+
+# While Redis is unreachable, one warning per this many seconds is enough.
+_OUTAGE_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,9 @@ class RateLimiter:
     """Token buckets of ``burst_requests`` tokens refilled at ``per_minute`` tokens a minute.
 
     Each request costs one token, whatever its number of events. A
-    ``per_minute`` of 0 turns limiting off.
+    ``per_minute`` of 0 turns limiting off. When Redis does not reply the
+    request is let through: the events it carries cannot be stored then
+    anyway, and admin calls keep working during a Redis outage.
     """
 
     def __init__(self, client: redis.Redis, names: Names, per_minute: int, burst_requests: int) -> None:
@@ -48,14 +59,22 @@ class RateLimiter:
         self.per_minute = per_minute
         self.burst_requests = burst_requests
         self.script = client.register_script(RATE_LIMIT_SCRIPT)
+        self._outage_logged_at = -math.inf
 
     async def take(self, subject: str) -> Allowance:
         """Take one token from ``subject``'s bucket; return whether the request may go on."""
         if self.per_minute == 0:
             return Allowance(True, 0, self.burst_requests)
-        allowed, wait_ms, remaining = await self.script(
-            keys=[self.names.rate_limit_bucket(subject)], args=[self.burst_requests, self.per_minute, 1]
-        )
+        try:
+            allowed, wait_ms, remaining = await self.script(
+                keys=[self.names.rate_limit_bucket(subject)], args=[self.burst_requests, self.per_minute, 1]
+            )
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            now = time.monotonic()
+            if now - self._outage_logged_at >= _OUTAGE_LOG_INTERVAL_S:
+                self._outage_logged_at = now
+                log.warning("rate limit check failed, request let through", subject=subject, error=str(error))
+            return Allowance(True, 0, 0)
         return Allowance(bool(allowed), int(wait_ms), int(remaining))
 
     async def check(self, subject: str) -> Allowance:
