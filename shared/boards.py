@@ -231,8 +231,13 @@ class BoardRegistry:
         for board in boards:
             by_id[board.id] = board
             by_metric.setdefault(board.metric, []).append(board)
-        # Assign whole dicts so a reader never sees a half-built registry.
-        self.by_id, self.by_metric = by_id, by_metric
+        # Update the dicts in place, without an await in between, so code that
+        # kept a reference to ``by_id`` or ``by_metric`` sees the new boards and
+        # no coroutine sees a half-built registry.
+        self.by_id.clear()
+        self.by_id.update(by_id)
+        self.by_metric.clear()
+        self.by_metric.update(by_metric)
 
     def __iter__(self) -> Iterator[Board]:
         return iter(list(self.by_id.values()))

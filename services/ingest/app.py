@@ -21,7 +21,9 @@ from services.ingest.problems import problem
 from services.ingest.rate_limit import RateLimited, RateLimiter
 from services.ingest.rules import EventRules
 from services.ingest.security import SECURITY_KEY, Security
-from services.ingest.reads import get_top, get_user, list_boards
+from services.ingest.admin_boards import add_admin_board_routes
+from services.ingest.reads import add_read_routes, list_boards
+from services.ingest.visibility import add_visibility_routes
 from services.ingest.state import STATE_KEY, IngestState
 from shared.boards import BoardRegistry
 from shared.names import Names
@@ -104,8 +106,9 @@ def create_app(
     )
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/boards", list_boards)
-    app.router.add_get("/v1/boards/{board}/top", get_top)
-    app.router.add_get("/v1/boards/{board}/users/{user_id}", get_user)
+    add_read_routes(app)
+    add_admin_board_routes(app)
+    add_visibility_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_post("/v1/admin/keys", post_key)

@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.ingest.appender import CONFLICT, DUPLICATE, AppendUnavailable
 from services.ingest.auth import require_poster
 from services.ingest.decode import BodyError, Item, Rejection, decode_events
+from services.ingest.event_timing import check_timing
 from services.ingest.problems import problem
 from services.ingest.security import SECURITY_KEY
 from services.ingest.state import STATE_KEY, IngestState
@@ -36,8 +37,12 @@ def _result_of(event: ScoreEvent, outcome: str) -> EventResult:
 
 async def append_items(state: IngestState, items: Sequence[Item]) -> list[EventResult]:
     """Append the valid events of ``items`` in one script call; return one result per item, in order."""
+    # One instant for the timing check and received_at, so the ranker's late
+    # check on received_at agrees with what ingest reported.
+    now = state.clock()
+    items = check_timing(items, state.boards, now)
     events = [item for item in items if isinstance(item, ScoreEvent)]
-    outcomes = iter(await state.appender.append(events, state.clock()))
+    outcomes = iter(await state.appender.append(events, now))
     results: list[EventResult] = []
     for item in items:
         if isinstance(item, Rejection):

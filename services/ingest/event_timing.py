@@ -1,0 +1,45 @@
+"""Reject events by time: too far in the future, or too late for every board they feed. No I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from services.ingest.decode import Item, Rejection
+from shared.boards import BoardRegistry
+from shared.periods import accepts_late, closes_at, format_instant, period_of
+from shared.schema import FieldError, ScoreEvent
+
+MAX_FUTURE_S = 5 * 60
+
+
+def timing_error(event: ScoreEvent, boards: BoardRegistry, now: datetime) -> FieldError | None:
+    """Return why ``event`` cannot count at ``now``, or None.
+
+    An event counts on a board until its period's end plus the board's late
+    grace. It is rejected only when it is too late for every board of its
+    metric; a board whose period closed just leaves it out (the ranker checks
+    the same rule with the event's ``received_at``).
+    """
+    if event.occurred_at - now > timedelta(seconds=MAX_FUTURE_S):
+        return FieldError("occurred_at", f"is more than {MAX_FUTURE_S // 60} minutes in the future; send events when the workout has happened")
+    boards_of_metric = boards.for_metric(event.metric)
+    if not boards_of_metric or any(accepts_late(board, event.occurred_at, now) for board in boards_of_metric):
+        return None
+    board = boards_of_metric[0]
+    period = period_of(board, event.occurred_at)
+    closing = closes_at(board, period)
+    assert closing is not None
+    return FieldError(
+        "occurred_at",
+        f"period closed: period {period!r} of board {board.id!r} stopped taking late events at {format_instant(closing)}",
+    )
+
+
+def check_timing(items: Sequence[Item], boards: BoardRegistry, now: datetime) -> list[Item]:
+    """Return ``items`` with every event that fails :func:`timing_error` replaced by its Rejection."""
+    checked: list[Item] = []
+    for item in items:
+        error = timing_error(item, boards, now) if isinstance(item, ScoreEvent) else None
+        checked.append(item if error is None else Rejection(item.event_id, error))
+    return checked

@@ -1,0 +1,260 @@
+"""Rebuild ranking periods from the events in PostgreSQL while traffic flows.
+
+Steps, per run:
+
+1. Note the newest stream id S0 and wait until the persister group has stored
+   every entry up to S0, so PostgreSQL holds every event at or before S0.
+2. Replay the events of each board from PostgreSQL through the apply script
+   into aside keys (``Names.board_rebuild``) in the same hash tag as the live ones.
+3. Swap each built period in with one script (RENAME of every part), so
+   readers see either the old or the new standings, never a mix.
+4. Apply the stream entries after S0 to the new keys. The ranker may have
+   applied some of them to the old keys before the swap; the apply script
+   records event ids with the scores, so every event counts exactly once.
+
+Archived (final) periods are skipped unless one is asked for by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import msgspec
+import redis.asyncio as redis
+import structlog
+
+from services.ranker.group_progress import group_passed, last_stream_id, parse_stream_id
+from services.ranker.ranker import closing_member, plan_batch
+from services.ranker.script import APPLY_SCRIPT, PeriodBatch, live_keys, rebuild_keys, script_args
+from shared.boards import Board, BoardRegistry, Reset
+from shared.names import PERSISTER_GROUP, Names
+from shared.periods import closes_at
+from shared.schema import BoardUpdate, StreamEvent, stream_event_decoder
+from shared.stream import EVENT_FIELD, Entry
+
+log = structlog.get_logger(__name__)
+
+BATCH_EVENTS = 500
+
+# KEYS: the six live keys then the six aside keys, in script.KEY_PARTS order.
+# Renames every built part over the live one, drops live parts the rebuild did
+# not produce, and bumps the live sequence number so subscribers read again.
+SWAP_SCRIPT = """
+local parts = #KEYS / 2
+for i = 1, parts do
+  local live, aside = KEYS[i], KEYS[parts + i]
+  if i ~= 3 then
+    if redis.call('EXISTS', aside) == 1 then
+      redis.call('RENAME', aside, live)
+    else
+      redis.call('DEL', live)
+    end
+  end
+end
+redis.call('DEL', KEYS[parts + 3])
+return redis.call('INCR', KEYS[3])
+"""
+
+Progress = Callable[[int, int], None]
+
+
+class RebuildError(RuntimeError):
+    """A rebuild could not start or finish; nothing was swapped for the periods not yet done."""
+
+
+@dataclass
+class RebuildReport:
+    events: int = 0
+    periods: list[tuple[str, str]] = field(default_factory=list)
+    caught_up: int = 0
+
+
+def _event_of(row: asyncpg.Record) -> StreamEvent:
+    return StreamEvent(
+        event_id=row["event_id"], user_id=row["user_id"], metric=row["metric"], value=row["value"],
+        occurred_at=row["occurred_at"], received_at=row["received_at"], display_name=row["display_name"],
+        groups=list(row["groups"]),
+    )
+
+
+class Rebuilder:
+    """Recompute sorted sets of chosen boards from PostgreSQL; see the module docstring."""
+
+    def __init__(self, client: redis.Redis, pool: asyncpg.Pool, names: Names, boards: BoardRegistry, *, persist_wait_s: float = 60.0) -> None:
+        self.client = client
+        self.pool = pool
+        self.names = names
+        self.boards = boards
+        self.persist_wait_s = persist_wait_s
+        self.apply_script = client.register_script(APPLY_SCRIPT)
+        self.swap_script = client.register_script(SWAP_SCRIPT)
+
+    async def rebuild(self, board_ids: Sequence[str] | None = None, period: str | None = None, progress: Progress | None = None) -> RebuildReport:
+        """Rebuild ``board_ids`` (default: all), optionally only ``period``; raise RebuildError on a bad request or timeout."""
+        boards = self._chosen(board_ids)
+        report = RebuildReport()
+
+        # Step 1: PostgreSQL must hold every event up to the start mark.
+        start_mark = await last_stream_id(self.client, self.names)
+        await self._wait_persisted(start_mark)
+        await self._restore_hidden()
+        hidden = sorted(member.decode() for member in await self.client.smembers(self.names.hidden_users))
+        skipped = await self._archived_periods(boards, period)
+
+        # Step 2: replay into the aside keys.
+        total = await self.pool.fetchval("SELECT count(*) FROM events WHERE metric = any($1::text[])", sorted({b.metric for b in boards}))
+        built: dict[tuple[str, str], PeriodBatch] = {}
+        async with self.pool.acquire() as connection, connection.transaction():
+            cursor = connection.cursor(
+                "SELECT event_id, user_id, metric, value, occurred_at, received_at, display_name, groups"
+                " FROM events WHERE metric = any($1::text[]) ORDER BY occurred_at, event_id",
+                sorted({b.metric for b in boards}),
+            )
+            chunk: list[Entry] = []
+            async for row in cursor:
+                chunk.append(Entry(stream_id="0-0", event=_event_of(row)))
+                if len(chunk) >= BATCH_EVENTS:
+                    await self._replay(chunk, boards, period, skipped, hidden, built)
+                    report.events += len(chunk)
+                    chunk = []
+                    if progress is not None:
+                        progress(report.events, total)
+            if chunk:
+                await self._replay(chunk, boards, period, skipped, hidden, built)
+                report.events += len(chunk)
+        if progress is not None:
+            progress(report.events, total)
+
+        # Step 3: swap every built period in at once per period.
+        for (ranking, period_id), batch in built.items():
+            seq = await self.swap_script(keys=[*live_keys(self.names, ranking, period_id), *rebuild_keys(self.names, ranking, period_id)])
+            update = BoardUpdate(board=batch.board.id, period=period_id, seq=int(seq), changes=[], group=batch.group)
+            await self.client.publish(self.names.rank_changes_channel, msgspec.json.encode(update))
+            report.periods.append((ranking, period_id))
+
+        # Step 4: apply what arrived since the start mark.
+        report.caught_up = await self._catch_up(start_mark, boards, hidden)
+        log.info("rebuild finished", boards=[b.id for b in boards], events=report.events, periods=len(report.periods), caught_up=report.caught_up)
+        return report
+
+    def _chosen(self, board_ids: Sequence[str] | None) -> list[Board]:
+        if not board_ids:
+            return list(self.boards)
+        unknown = [board_id for board_id in board_ids if board_id not in self.boards.by_id]
+        if unknown:
+            raise RebuildError(f"no board has id {', '.join(map(repr, unknown))}; 'rankstream boards list' shows them")
+        return [self.boards.by_id[board_id] for board_id in board_ids]
+
+    async def _wait_persisted(self, mark: str) -> None:
+        deadline = time.monotonic() + self.persist_wait_s
+        while not await group_passed(self.client, self.names, PERSISTER_GROUP, mark):
+            if time.monotonic() >= deadline:
+                raise RebuildError(
+                    f"the persister has not stored the stream up to {mark} within {self.persist_wait_s:.0f} s; start a persister and retry"
+                )
+            await asyncio.sleep(0.1)
+
+    async def _restore_hidden(self) -> None:
+        """Copy the hidden athletes from PostgreSQL into Redis, which may have lost them."""
+        users = [row["user_id"] for row in await self.pool.fetch("SELECT DISTINCT user_id FROM hidden_athletes")]
+        if users:
+            await self.client.sadd(self.names.hidden_users, *users)
+
+    async def _archived_periods(self, boards: list[Board], period: str | None) -> set[tuple[str, str, str]]:
+        if period is not None:
+            return set()
+        rows = await self.pool.fetch(
+            "SELECT board_id, group_key, period FROM board_periods WHERE board_id = any($1::text[])", [b.id for b in boards]
+        )
+        return {(row["board_id"], row["group_key"], row["period"]) for row in rows}
+
+    async def _replay(
+        self,
+        chunk: list[Entry],
+        boards: list[Board],
+        period: str | None,
+        skipped: set[tuple[str, str, str]],
+        hidden: list[str],
+        built: dict[tuple[str, str], PeriodBatch],
+    ) -> None:
+        plan = plan_batch(BoardRegistry(boards), chunk)
+        now_ms = int(time.time() * 1000)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entry in chunk:
+                if entry.event.display_name is not None:
+                    pipe.hset(self.names.display_names, entry.event.user_id, entry.event.display_name)
+            for key, batch in plan.items():
+                if period is not None and batch.period != period:
+                    continue
+                if (batch.board.id, batch.group or "", batch.period) in skipped:
+                    continue
+                if key not in built:
+                    # Aside keys left by an interrupted rebuild must not leak into this one.
+                    pipe.delete(*rebuild_keys(self.names, batch.ranking, batch.period))
+                    built[key] = batch
+                    _record_closing(pipe, self.names, batch)
+                keys = rebuild_keys(self.names, batch.ranking, batch.period)
+                await self.apply_script(keys=keys, args=script_args(batch.board, now_ms, hidden, batch.args), client=pipe)
+            await pipe.execute()
+
+    async def _catch_up(self, start_mark: str, boards: list[Board], hidden: list[str]) -> int:
+        """Apply every event after ``start_mark`` to the live keys; return how many entries were read.
+
+        The consumers trim the stream below what both groups acknowledged, so an
+        entry after the mark is either still in the stream or already in
+        PostgreSQL. Both are read; the apply script drops the repeats.
+        """
+        registry = BoardRegistry(boards)
+        milliseconds, sequence = parse_stream_id(start_mark)
+        rows = await self.pool.fetch(
+            "SELECT event_id, user_id, metric, value, occurred_at, received_at, display_name, groups FROM events"
+            " WHERE metric = any($1::text[])"
+            " AND (split_part(stream_id, '-', 1)::bigint, split_part(stream_id, '-', 2)::bigint) > ($2::bigint, $3::bigint)",
+            sorted({board.metric for board in boards}), milliseconds, sequence,
+        )
+        applied = await self._apply_live([Entry(stream_id="0-0", event=_event_of(row)) for row in rows], registry, hidden)
+        start = f"({start_mark}"
+        while True:
+            raw = await self.client.xrange(self.names.events_stream, min=start, max="+", count=BATCH_EVENTS)
+            if not raw:
+                return applied
+            entries = []
+            for entry_id, fields in raw:
+                try:
+                    entries.append(Entry(_text(entry_id), stream_event_decoder.decode(fields[EVENT_FIELD])))
+                except (msgspec.DecodeError, KeyError, TypeError):
+                    continue  # The consumers dead-letter such entries; they carry no event.
+            applied += await self._apply_live(entries, registry, hidden)
+            start = f"({_text(raw[-1][0])}"
+
+    async def _apply_live(self, entries: list[Entry], registry: BoardRegistry, hidden: list[str]) -> int:
+        for offset in range(0, len(entries), BATCH_EVENTS):
+            plan = plan_batch(registry, entries[offset : offset + BATCH_EVENTS])
+            now_ms = int(time.time() * 1000)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for batch in plan.values():
+                    keys = live_keys(self.names, batch.ranking, batch.period)
+                    await self.apply_script(keys=keys, args=script_args(batch.board, now_ms, hidden, batch.args), client=pipe)
+                await pipe.execute()
+        return len(entries)
+
+
+def _record_closing(pipe: redis.client.Pipeline, names: Names, batch: PeriodBatch) -> None:
+    closing = closes_at(batch.board, batch.period)
+    if batch.board.reset is not Reset.NEVER and closing is not None:
+        pipe.zadd(names.closing_periods, {closing_member(batch.board.id, batch.group, batch.period): int(closing.timestamp() * 1000)})
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def needs_rebuild(client: redis.Redis, pool: asyncpg.Pool, names: Names) -> bool:
+    """Return whether Redis lost its data: no events stream while PostgreSQL holds events."""
+    if await client.exists(names.events_stream):
+        return False
+    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM events)"))
