@@ -19,7 +19,11 @@ log = structlog.get_logger(__name__)
 
 
 class Outcome(enum.Enum):
+    """How an audited call ended: ``allowed`` means an admin call passed the
+    key check, ``ok`` that the change it describes was made."""
+
     OK = "ok"
+    ALLOWED = "allowed"
     DENIED = "denied"
     NOT_FOUND = "not_found"
     INVALID = "invalid"

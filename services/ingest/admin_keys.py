@@ -59,22 +59,30 @@ def _json(data: object, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(status=status, body=msgspec.json.encode(data), content_type="application/json", headers=headers)
 
 
-async def authorise_admin(request: web.Request, action: str) -> ApiKey:
-    """Return the caller's admin key, rate-limited; audit and raise AuthError (403) for any other kind."""
+async def authorise_admin(request: web.Request, action: str, *, audit_allowed: bool = True) -> ApiKey:
+    """Return the caller's admin key, rate-limited, and audit the call.
+
+    Another kind of key is audited as ``denied`` and gets AuthError (403). An
+    admin key is audited as ``allowed`` with the method and path, unless the
+    caller writes a richer row itself and passes ``audit_allowed=False``.
+    """
     state: IngestState = request.app[STATE_KEY]
     key = await state.authenticator.authenticate(request.headers.get("Authorization"))
+    actor = f"key:{key.id}"
     try:
         require_admin(key)
     except AuthError:
-        await audit.record(state.pool, f"key:{key.id}", action, audit.Outcome.DENIED, details={"kind": key.kind.value})
+        await audit.record(state.pool, actor, action, audit.Outcome.DENIED, details={"kind": key.kind.value})
         raise
-    await request.app[SECURITY_KEY].rate_limiter.check(f"key:{key.id}")
+    await request.app[SECURITY_KEY].rate_limiter.check(actor)
+    if audit_allowed:
+        await audit.record(state.pool, actor, action, audit.Outcome.ALLOWED, details={"method": request.method, "path": request.path})
     return key
 
 
 async def post_key(request: web.Request) -> web.Response:
     state: IngestState = request.app[STATE_KEY]
-    caller = await authorise_admin(request, "key.create")
+    caller = await authorise_admin(request, "key.create", audit_allowed=False)
     actor = f"key:{caller.id}"
     try:
         new = _new_key_decoder.decode(await request.read())
@@ -100,7 +108,7 @@ async def post_key(request: web.Request) -> web.Response:
 
 async def get_keys(request: web.Request) -> web.Response:
     state: IngestState = request.app[STATE_KEY]
-    caller = await authorise_admin(request, "key.list")
+    caller = await authorise_admin(request, "key.list", audit_allowed=False)
     keys = await list_keys(state.pool)
     await audit.record(state.pool, f"key:{caller.id}", "key.list", audit.Outcome.OK, details={"count": len(keys)})
     now = state.clock()
@@ -110,7 +118,7 @@ async def get_keys(request: web.Request) -> web.Response:
 async def delete_key(request: web.Request) -> web.Response:
     """Revoke a key. Revoking a revoked key succeeds again; only an unknown id is 404."""
     state: IngestState = request.app[STATE_KEY]
-    caller = await authorise_admin(request, "key.revoke")
+    caller = await authorise_admin(request, "key.revoke", audit_allowed=False)
     actor = f"key:{caller.id}"
     key_id = int(request.match_info["key_id"])
     target = f"key:{key_id}"

@@ -6,7 +6,7 @@ CREATE TABLE audit_log (
     actor       text NOT NULL,
     action      text NOT NULL,
     target      text,
-    outcome     text NOT NULL CHECK (outcome IN ('ok', 'denied', 'not_found', 'invalid')),
+    outcome     text NOT NULL CHECK (outcome IN ('ok', 'allowed', 'denied', 'not_found', 'invalid')),
     details     jsonb NOT NULL DEFAULT '{}'
 );
 
