@@ -81,24 +81,26 @@ class Poster:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def post_batches(
-        self, requests: Sequence[list[dict]], outcome: PostOutcome, *, retry_until_s: float = 0.0, pause_s: float = 0.0
+        self, requests: Sequence[list[dict]], outcome: PostOutcome, *, retry_until_s: float = 0.0, requests_per_s: float | None = None
     ) -> PostOutcome:
         """Post every batch once; with ``retry_until_s``, repost a batch that got no 2xx until that many seconds passed.
 
         A repost sends the same event ids, so an event stored by an attempt
         whose answer was lost comes back as a duplicate, as it would for a
-        real client.
+        real client. ``requests_per_s`` paces the first attempts into a
+        steady load instead of one burst.
         """
         semaphore = asyncio.Semaphore(self.concurrency)
-        deadline = time.monotonic() + retry_until_s
+        started_s = time.monotonic()
+        deadline = started_s + retry_until_s
 
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
 
-            async def send(batch: list[dict]) -> None:
+            async def send(index: int, batch: list[dict]) -> None:
+                if requests_per_s:
+                    await asyncio.sleep(max(0.0, started_s + index / requests_per_s - time.monotonic()))
                 async with semaphore:
-                    for attempt in range(1000):
-                        if attempt and pause_s:
-                            await asyncio.sleep(pause_s)
+                    for _attempt in range(1000):
                         if await self._post_once(session, batch, outcome):
                             return
                         if time.monotonic() >= deadline:
@@ -106,7 +108,7 @@ class Poster:
                         # A short pause before a client retry; nothing waits on it for synchronisation.
                         await asyncio.sleep(0.1)
 
-            await asyncio.gather(*(send(batch) for batch in requests))
+            await asyncio.gather(*(send(index, batch) for index, batch in enumerate(requests)))
         return outcome
 
     async def _post_once(self, session: aiohttp.ClientSession, batch: list[dict], outcome: PostOutcome) -> bool:
