@@ -87,7 +87,7 @@ async def test_fit_upload_appends_derived_events(upload_settings: Settings, redi
         for metric, value in FENIX_2_METRICS
     ]
     assert first_body["events"] == [
-        {"event_id": event_id, "user_id": "ada", "metric": metric, "value": value, "occurred_at": "2015-08-15T14:45:08Z", "display_name": None, "groups": []}
+        {"event_id": event_id, "user_id": "ada", "metric": metric, "value": value, "occurred_at": "2015-08-15T14:45:08Z"}
         for event_id, (metric, value) in zip(expected_ids, FENIX_2_METRICS)
     ]
     assert [result["status"] for result in first_body["results"]] == ["accepted"] * 7

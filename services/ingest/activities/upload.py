@@ -22,7 +22,7 @@ from services.ingest.problems import problem
 from services.ingest.security import SECURITY_KEY
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import ApiKey, KeyKind
-from shared.schema import IdString
+from shared.schema import IdString, ScoreEvent
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -68,6 +68,17 @@ def athlete_of(key: ApiKey, requested: str | None) -> str:
             400, "invalid-parameter", "Invalid parameter",
             f"user_id={requested[:80]!r} is invalid: {error}; use 1-64 letters, digits or ._:@~+-", parameter="user_id",
         )) from None
+
+
+def event_document(event: ScoreEvent) -> dict[str, object]:
+    """Return the fields a derived event has; it never carries a display name or groups."""
+    return {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "metric": event.metric,
+        "value": event.value,
+        "occurred_at": event.occurred_at,
+    }
 
 
 def _too_large(limit_bytes: int) -> UploadRejected:
@@ -145,7 +156,7 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
     log.info("activity uploaded", key_id=key.id, format=decoded.format.value, size_bytes=len(body), sessions=decoded.session_count, **counts)
     document = {
         "activity": {"format": decoded.format.value, "sha256": digest, "sessions": decoded.session_count},
-        "events": events,
+        "events": [event_document(event) for event in events],
         "results": results,
     }
     status = 202 if counts["accepted"] else 200
