@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from garmin_fit_sdk import Encoder
+from garmin_fit_sdk.profile import Profile
 
 from services.ingest.activities.decode import decode_upload
 from services.ingest.activities.derive import sport_prefix
@@ -13,6 +15,8 @@ from services.ingest.activities.efforts import best_average_power_w, fastest_tim
 from services.ingest.activities.model import ActivityFileError, ActivityFormat, Sample
 
 DATA = Path(__file__).resolve().parent / "data"
+MESG_NUM = Profile["mesg_num"]
+ENCODED_START = datetime(2026, 11, 29, 8, 0, tzinfo=timezone.utc)
 
 # Every value is the file's own session summary as the FIT SDK decodes it; the
 # best efforts come from the record stream.
@@ -214,3 +218,70 @@ def test_best_power_holds_and_gaps() -> None:
     gap = [Sample(0, power_w=300.0), Sample(60, power_w=300.0)]
     assert best_average_power_w(gap, 61) == pytest.approx(300.0 * 11 / 61)
     assert best_average_power_w([Sample(0), Sample(100)], 10) is None
+
+
+def encode_fit(messages: list[dict]) -> bytes:
+    """Encode ``messages`` (each with a ``mesg_num``) as a FIT file with Garmin's SDK encoder."""
+    encoder = Encoder()
+    for message in messages:
+        encoder.write_mesg(message)
+    return encoder.close()
+
+
+def fit_file_id() -> dict:
+    return {"mesg_num": MESG_NUM["FILE_ID"], "type": "activity", "manufacturer": "development", "product": 1, "serial_number": 1, "time_created": ENCODED_START}
+
+
+def fit_records(first_s: int, stop_s: int, **fields_per_second) -> list[dict]:
+    return [
+        {"mesg_num": MESG_NUM["RECORD"], "timestamp": ENCODED_START + timedelta(seconds=second), **{name: rule(second) for name, rule in fields_per_second.items()}}
+        for second in range(first_s, stop_s)
+    ]
+
+
+def test_fit_two_sessions() -> None:
+    """A multisport FIT file yields each session's metrics, dated at its own start, from its own records."""
+    body = encode_fit([
+        fit_file_id(),
+        *fit_records(0, 400, distance=lambda second: second * 3.0),
+        {"mesg_num": MESG_NUM["SESSION"], "sport": "running", "start_time": ENCODED_START, "timestamp": ENCODED_START + timedelta(seconds=400),
+         "total_elapsed_time": 400.0, "total_timer_time": 390.0, "total_distance": 1197.0, "total_ascent": 5, "total_calories": 30},
+        *fit_records(600, 1001, power=lambda second: 250 if second < 900 else 100),
+        {"mesg_num": MESG_NUM["SESSION"], "sport": "cycling", "start_time": ENCODED_START + timedelta(seconds=600),
+         "timestamp": ENCODED_START + timedelta(seconds=1000), "total_elapsed_time": 400.0, "total_timer_time": 400.0, "total_distance": 5000.0},
+    ])
+    decoded = decode_upload(body, ActivityFormat.FIT)
+    assert decoded.session_count == 2
+    assert [(m.session_index, m.metric, m.value, m.occurred_at) for m in decoded.measurements] == [
+        (0, "run_distance_m", 1197.0, ENCODED_START),
+        (0, "run_moving_time_s", 390.0, ENCODED_START),
+        (0, "run_elapsed_time_s", 400.0, ENCODED_START),
+        (0, "run_ascent_m", 5.0, ENCODED_START),
+        (0, "run_calories_kcal", 30, ENCODED_START),
+        # 1,000 m at 3 m/s.
+        (0, "run_1k_time_s", 333.3, ENCODED_START),
+        (1, "ride_distance_m", 5000.0, ENCODED_START + timedelta(seconds=600)),
+        (1, "ride_moving_time_s", 400.0, ENCODED_START + timedelta(seconds=600)),
+        (1, "ride_elapsed_time_s", 400.0, ENCODED_START + timedelta(seconds=600)),
+        (1, "ride_5min_power_w", 250, ENCODED_START + timedelta(seconds=600)),
+    ]
+
+
+def test_fit_activity_without_session() -> None:
+    """A FIT activity whose recording was never saved has records but no session, and is rejected."""
+    body = encode_fit([fit_file_id(), *fit_records(0, 10, distance=lambda second: second * 3.0)])
+    with pytest.raises(ActivityFileError) as caught:
+        decode_upload(body, None)
+    assert caught.value.slug == "no-session"
+    assert caught.value.detail == (
+        "the FIT activity has no session message; the recording was not finished on the device, so finish or save it and upload again"
+    )
+
+
+def test_fit_without_file_id() -> None:
+    """A FIT file without a file_id message cannot be told to be an activity."""
+    body = encode_fit(fit_records(0, 10, distance=lambda second: second * 3.0))
+    with pytest.raises(ActivityFileError) as caught:
+        decode_upload(body, None)
+    assert caught.value.slug == "not-an-activity"
+    assert caught.value.detail == "the FIT file has no file_id message, so it is not an activity; upload an activity recording"

@@ -114,9 +114,9 @@ def decode_fit(body: bytes) -> Activity:
     file_ids = messages.get("file_id_mesgs", [])
     file_type = file_ids[0].get("type") if file_ids else None
     if file_type != "activity":
-        kind = "a file without a file_id message" if file_type is None else f"a {file_type} file"
+        found = "has no file_id message, so it is" if file_type is None else f"is a {file_type} file,"
         raise ActivityFileError(
-            "not-an-activity", "Not an activity", f"the FIT file is {kind}, not an activity; upload an activity recording"
+            "not-an-activity", "Not an activity", f"the FIT file {found} not an activity; upload an activity recording"
         )
 
     sessions = messages.get("session_mesgs", [])
