@@ -207,7 +207,8 @@ class StreamConsumer:
             await asyncio.wait({consuming, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
             if not consuming.done():
                 await self._finish_in_flight(consuming)
-            consuming.result()
+            if not consuming.cancelled():
+                consuming.result()
         except asyncio.CancelledError:
             consuming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
