@@ -279,7 +279,7 @@ def test_fit_activity_without_session() -> None:
 
 
 def test_fit_without_file_id() -> None:
-    """A FIT file without a file_id message cannot be told to be an activity."""
+    """A FIT file without a file_id message is rejected, because only file_id marks an activity."""
     body = encode_fit(fit_records(0, 10, distance=lambda second: second * 3.0))
     with pytest.raises(ActivityFileError) as caught:
         decode_upload(body, None)

@@ -200,6 +200,21 @@ async def test_size_type_and_empty_limits(upload_settings: Settings, redis_clien
     assert await stream_events(redis_client, upload_settings) == []
 
 
+async def test_event_count_bound(upload_settings: Settings, redis_client) -> None:
+    """A file yielding more events than one request may append is rejected whole."""
+    key = await new_key(upload_settings)
+    narrow = replace(upload_settings, max_events_per_request=6)
+    async with ingest_client(narrow) as http:
+        response = await http.post("/v1/activities?user_id=ada", data=(DATA / FENIX_2).read_bytes(), headers=fit_headers(key))
+        problem = await response.json(content_type=None)
+    assert response.status == 422
+    assert problem["type"] == "urn:rankstream:problem:too-many-events"
+    assert problem["detail"] == (
+        "the file's 1 sessions yield 7 events, more than the 6 one request may append; split the file into fewer sessions per upload"
+    )
+    assert await stream_events(redis_client, upload_settings) == []
+
+
 async def test_decode_time_bound(upload_settings: Settings, redis_client) -> None:
     """Decoding that outlasts the time bound is stopped and reported as 422, appending nothing."""
     key = await new_key(upload_settings)

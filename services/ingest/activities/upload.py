@@ -146,6 +146,13 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
 
     # Derived events pass the same checks and the same append script as posted ones.
     events = score_events(decoded.measurements, digest, user_id)
+    if len(events) > security.max_events_per_request:
+        log.info("activity file rejected", problem="too-many-events", events=len(events), sessions=decoded.session_count)
+        return problem(
+            422, "too-many-events", "Too many events",
+            f"the file's {decoded.session_count} sessions yield {len(events)} events, more than the "
+            f"{security.max_events_per_request} one request may append; split the file into fewer sessions per upload",
+        )
     now = state.clock()
     items = [check_item(event, state.boards, security.rules, now) for event in events]
     results = await append_items(state, items)
