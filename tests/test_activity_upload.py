@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import aiohttp
 import msgspec
 import pytest
 import redis.asyncio as redis
@@ -20,7 +21,8 @@ from shared.names import Names
 from shared.schema import StreamEvent
 from shared.settings import Settings
 from shared.stream import Entry
-from tests.helpers import ingest_client, new_key
+from tests.helpers import ingest_client, new_key, wait_for, wait_healthy
+from tests.processes import service_processes
 from tests.test_activity_decoding import BAD_FILES, DATA
 
 FENIX_2 = "activity-small-fenix2-run.fit"
@@ -285,3 +287,30 @@ async def test_fenix_2_run_on_default_boards(settings: Settings, redis_client) -
     assert (fastest["period"], fastest["rank"], fastest["score"]) == ("all", 1, 1304.1)
     assert monthly["entries"] == []
     assert monthly["participants"] == 0
+
+
+async def test_upload_to_ingest_process(settings: Settings, redis_client, tmp_path: Path) -> None:
+    """Through separate ingest and ranker processes, an uploaded run reaches the read API and stops cleanly."""
+    key = await new_key(settings)
+    base = f"http://127.0.0.1:{settings.http_port}"
+    with service_processes(settings, tmp_path / "logs") as services:
+        services.start("ingest", "ingest")
+        services.start("ranker", "ranker")
+        await wait_healthy(f"{base}/healthz")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/v1/activities?user_id=ada", data=(DATA / FENIX_2).read_bytes(), headers=fit_headers(key)) as response:
+                uploaded = await response.json()
+
+            async def ranked() -> bool:
+                async with http.get(f"{base}/v1/boards/run-longest/users/ada") as standing:
+                    return standing.status == 200
+
+            await wait_for(ranked, what="ada on run-longest")
+            async with http.get(f"{base}/v1/boards/run-longest/users/ada") as standing:
+                longest = await standing.json()
+
+        assert response.status == 202
+        assert uploaded["activity"]["sha256"] == FENIX_2_SHA256
+        assert (longest["rank"], longest["score"]) == (1, 9008.22)
+        assert services.stop("ranker") == 0, services.log_text("ranker")
+        assert services.stop("ingest") == 0, services.log_text("ingest")
