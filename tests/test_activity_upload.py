@@ -244,7 +244,7 @@ async def test_decode_time_bound(upload_settings: Settings, redis_client) -> Non
         ]),
     ],
 )
-async def test_xml_uploads(upload_settings: Settings, redis_client, name: str, content_type: str, metrics: list[str]) -> None:
+async def test_gpx_and_tcx_uploads_accepted(upload_settings: Settings, redis_client, name: str, content_type: str, metrics: list[str]) -> None:
     """GPX and TCX files, declared or detected, are accepted like FIT files."""
     key = await new_key(upload_settings)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}

@@ -60,20 +60,20 @@ def best_average_power_w(samples: Sequence[Sample], duration_s: int) -> float | 
     The samples are spread over a one-second series in which each value is kept
     until the next sample, for at most POWER_HOLD_MAX_S seconds.
     """
-    powered = [sample for sample in samples if sample.power_w is not None]
+    powered = [(sample.time_s, sample.power_w) for sample in samples if sample.power_w is not None]
     if not powered:
         return None
-    origin_s = powered[0].time_s
-    span_s = round(powered[-1].time_s - origin_s) + 1
+    origin_s = powered[0][0]
+    span_s = round(powered[-1][0] - origin_s) + 1
     if span_s < duration_s or span_s > POWER_SPAN_MAX_S:
         return None
 
     series = [0.0] * span_s
-    for index, sample in enumerate(powered):
-        start = round(sample.time_s - origin_s)
-        following = round(powered[index + 1].time_s - origin_s) if index + 1 < len(powered) else start + 1
+    for index, (time_s, power_w) in enumerate(powered):
+        start = round(time_s - origin_s)
+        following = round(powered[index + 1][0] - origin_s) if index + 1 < len(powered) else start + 1
         stop = min(following, start + POWER_HOLD_MAX_S, span_s)
-        series[start:stop] = [float(sample.power_w)] * max(stop - start, 0)  # type: ignore[arg-type]
+        series[start:stop] = [power_w] * max(stop - start, 0)
 
     totals = [0.0, *accumulate(series)]
     best_total = max(totals[index + duration_s] - totals[index] for index in range(span_s - duration_s + 1))
