@@ -13,6 +13,7 @@ from services.ingest.activities.decode import decode_upload
 from services.ingest.activities.derive import sport_prefix
 from services.ingest.activities.efforts import best_average_power_w, fastest_time_s
 from services.ingest.activities.model import ActivityFileError, ActivityFormat, Sample
+from services.ingest.activities.worker import DecodeWorkerError, decode_in_process
 
 DATA = Path(__file__).resolve().parent / "data"
 MESG_NUM = Profile["mesg_num"]
@@ -285,3 +286,19 @@ def test_fit_without_file_id() -> None:
         decode_upload(body, None)
     assert caught.value.slug == "not-an-activity"
     assert caught.value.detail == "the FIT file has no file_id message, so it is not an activity; upload an activity recording"
+
+
+def test_worker_reports_unexpected_error() -> None:
+    """An unexpected error in the decoding process comes back as DecodeWorkerError with its traceback."""
+    body = read("garmin-fenix-5-run.fit")
+    with pytest.raises(DecodeWorkerError) as caught:
+        # A declared format that is not an ActivityFormat breaks the mismatch message in the child.
+        decode_in_process(body, "gpx", timeout_s=30)  # type: ignore[arg-type]
+    assert str(caught.value).startswith("the decoder raised an unexpected error:\nTraceback")
+    assert "AttributeError: 'str' object has no attribute 'value'" in str(caught.value)
+
+
+def test_worker_returns_decoded_upload() -> None:
+    """The decoding process returns the same metric values as decoding in this process."""
+    body = read("garmin-fenix-5-run.fit")
+    assert decode_in_process(body, None, timeout_s=30) == decode_upload(body, None)
