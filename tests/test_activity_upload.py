@@ -94,6 +94,7 @@ async def test_fit_upload_appends_derived_events(upload_settings: Settings, redi
     ]
     assert [result["status"] for result in first_body["results"]] == ["accepted"] * 7
     assert [result["event_id"] for result in first_body["results"]] == expected_ids
+    assert first_body["closed_periods"] == []
 
     assert again.status == 200
     assert again_body["events"] == first_body["events"]
@@ -259,7 +260,7 @@ async def test_gpx_and_tcx_uploads_accepted(upload_settings: Settings, redis_cli
 
 
 async def test_fenix_2_run_on_default_boards(settings: Settings, redis_client) -> None:
-    """The 2015 Fenix 2 run tops the all-time boards but counts on no monthly board, whose 2015 periods closed."""
+    """The 2015 Fenix 2 run tops the all-time boards, and the monthly board reports its 2015 period closed."""
     key = await new_key(settings)
     async with ingest_client(settings) as http:
         response = await http.post("/v1/activities?user_id=ada", data=(DATA / FENIX_2).read_bytes(), headers=fit_headers(key))
@@ -287,6 +288,13 @@ async def test_fenix_2_run_on_default_boards(settings: Settings, redis_client) -
     assert (fastest["period"], fastest["rank"], fastest["score"]) == ("all", 1, 1304.1)
     assert monthly["entries"] == []
     assert monthly["participants"] == 0
+    assert monthly["status"] == "final"
+    assert uploaded["closed_periods"] == [{
+        "event_id": outcomes["run_distance_m"]["event_id"],
+        "board": "run-distance-monthly",
+        "period": "2015-08",
+        "reason": "period closed: period '2015-08' of board 'run-distance-monthly' stopped taking late events at 2015-09-01T01:00:00Z",
+    }]
 
 
 async def test_upload_to_ingest_process(settings: Settings, redis_client, tmp_path: Path) -> None:

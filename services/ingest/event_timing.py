@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from services.ingest.decode import Item, Rejection
-from shared.boards import BoardRegistry
+from shared.boards import Board, BoardRegistry
 from shared.periods import accepts_late, closes_at, format_instant, period_of
 from shared.schema import FieldError, ScoreEvent
 
@@ -30,10 +30,12 @@ def timing_error(event: ScoreEvent, boards: BoardRegistry, now: datetime) -> Fie
     period = period_of(board, event.occurred_at)
     closing = closes_at(board, period)
     assert closing is not None
-    return FieldError(
-        "occurred_at",
-        f"period closed: period {period!r} of board {board.id!r} stopped taking late events at {format_instant(closing)}",
-    )
+    return FieldError("occurred_at", period_closed_reason(board, period, closing))
+
+
+def period_closed_reason(board: Board, period: str, closing: datetime) -> str:
+    """Return why ``period`` of ``board`` takes no more events: it closed at ``closing``."""
+    return f"period closed: period {period!r} of board {board.id!r} stopped taking late events at {format_instant(closing)}"
 
 
 def check_timing(items: Sequence[Item], boards: BoardRegistry, now: datetime) -> list[Item]:

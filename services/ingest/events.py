@@ -52,6 +52,18 @@ async def append_items(state: IngestState, items: Sequence[Item]) -> list[EventR
     return results
 
 
+def unavailable_problem(error: AppendUnavailable | RedisConnectionError | RedisTimeoutError, state: IngestState, key_id: int) -> web.Response:
+    """Log and return the 503 problem for an append the event store did not take."""
+    if isinstance(error, AppendUnavailable):
+        log.warning("events not accepted", key_id=key_id, problem=error.slug, retry_after_s=error.retry_after_s)
+        return problem(503, error.slug, "Service unavailable", error.detail, headers={"Retry-After": str(error.retry_after_s)})
+    log.warning("events not accepted, redis unavailable", key_id=key_id, error=str(error))
+    return problem(
+        503, "store-unavailable", "Service unavailable", "the event store did not answer; retry the same request later, events already stored count once",
+        headers={"Retry-After": str(state.appender.retry_after_s)},
+    )
+
+
 async def post_events(request: web.Request) -> web.Response:
     state: IngestState = request.app[STATE_KEY]
     security = request.app[SECURITY_KEY]
@@ -75,15 +87,8 @@ async def post_events(request: web.Request) -> web.Response:
 
     try:
         results = await append_items(state, items)
-    except AppendUnavailable as error:
-        log.warning("events not accepted", key_id=key.id, problem=error.slug, retry_after_s=error.retry_after_s)
-        return problem(503, error.slug, "Service unavailable", error.detail, headers={"Retry-After": str(error.retry_after_s)})
-    except (RedisConnectionError, RedisTimeoutError) as error:
-        log.warning("events not accepted, redis unavailable", key_id=key.id, error=str(error))
-        return problem(
-            503, "store-unavailable", "Service unavailable", "the event store did not answer; retry the same request later, events already stored count once",
-            headers={"Retry-After": str(state.appender.retry_after_s)},
-        )
+    except (AppendUnavailable, RedisConnectionError, RedisTimeoutError) as error:
+        return unavailable_problem(error, state, key.id)
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}
     for result in results:
         counts[result.status] += 1

@@ -9,15 +9,19 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.ingest.activities.closed_periods import closed_periods
 from services.ingest.activities.decode import DecodedUpload
 from services.ingest.activities.detect import UnsupportedMediaType, declared_format
 from services.ingest.activities.model import ActivityFileError
 from services.ingest.activities.scoring import file_digest, score_events
 from services.ingest.activities.worker import DecodeTimeout, decode_in_process
+from services.ingest.appender import AppendUnavailable
 from services.ingest.auth import AuthError, require_poster
 from services.ingest.decode import check_item
-from services.ingest.events import append_items
+from services.ingest.events import append_items, unavailable_problem
 from services.ingest.problems import problem
 from services.ingest.security import SECURITY_KEY
 from services.ingest.state import STATE_KEY, IngestState
@@ -155,7 +159,11 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
         )
     now = state.clock()
     items = [check_item(event, state.boards, security.rules, now) for event in events]
-    results = await append_items(state, items)
+    try:
+        results = await append_items(state, items)
+    except (AppendUnavailable, RedisConnectionError, RedisTimeoutError) as error:
+        return unavailable_problem(error, state, key.id)
+    closed = closed_periods(events, results, state.boards, state.clock())
 
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}
     for result in results:
@@ -165,6 +173,7 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
         "activity": {"format": decoded.format.value, "sha256": digest, "sessions": decoded.session_count},
         "events": [event_document(event) for event in events],
         "results": results,
+        "closed_periods": closed,
     }
     status = 202 if counts["accepted"] else 200
     return web.Response(status=status, body=msgspec.json.encode(document), content_type="application/json")
