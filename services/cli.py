@@ -82,7 +82,12 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
         print(text)
     elif args.keys_command == "list":
         for key in asyncio.run(_with_connection(settings, list_audited)):
-            state = "revoked" if key.revoked_at else "active" if key.usable_at(datetime.now(timezone.utc)) else "expired"
+            if key.revoked_at is not None:
+                state = "revoked"
+            elif key.usable_at(datetime.now(timezone.utc)):
+                state = "active"
+            else:
+                state = "expired"
             expires = key.expires_at.isoformat() if key.expires_at else "-"
             print(f"{key.id}\t{key.name}\t{key.kind.value}\t{key.user_id or '-'}\t{state}\t{key.created_at.isoformat()}\t{expires}")
     else:

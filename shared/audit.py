@@ -19,8 +19,8 @@ log = structlog.get_logger(__name__)
 
 
 class Outcome(enum.Enum):
-    """How an audited call ended: ``allowed`` means an admin call passed the
-    key check, ``ok`` that the change it describes was made."""
+    """The end of an audited call: ``allowed`` for an admin call past the key
+    check, ``ok`` for a change that was made."""
 
     OK = "ok"
     ALLOWED = "allowed"

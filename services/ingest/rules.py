@@ -32,12 +32,12 @@ _LISTED_METRICS = 20
 def clean_display_name(name: str) -> str:
     """Return ``name`` NFKC-normalised, without control and bidi characters, stripped of outer spaces."""
     normalised = unicodedata.normalize("NFKC", name)
-    kept = (
+    visible = (
         character
         for character in normalised
         if character not in BIDI_CONTROLS and unicodedata.category(character) not in _REMOVED_CATEGORIES
     )
-    return "".join(kept).strip()
+    return "".join(visible).strip()
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _number(value: float | None) -> str:
 
 @dataclass(frozen=True)
 class EventRules:
-    """Which metrics are accepted, the plausible value range per metric and the allowed clock skew."""
+    """The accepted metrics, the plausible value range per metric and the allowed clock skew."""
 
     accepted_metrics: frozenset[str]
     bounds: Mapping[str, Bounds]

@@ -1,4 +1,4 @@
-"""What the ingest handlers need to enforce limits: event rules, rate limiter and batch size."""
+"""Limits the ingest handlers enforce: event rules, rate limiter, batch size and body size."""
 
 from __future__ import annotations
 
