@@ -1,9 +1,12 @@
 """The dead-letter stream: entries a consumer group gave up on, and how to re-drive them.
 
-Each dead-letter entry has the fields ``source_id`` (the entry id in the events
-stream), ``group`` (the consumer group that failed), ``event`` (the original
-payload, empty when the entry had been deleted), ``error`` (the last error) and
-``deliveries`` (how often the group had been handed the entry).
+Each dead-letter entry has five fields:
+
+- ``source_id``: the entry id in the events stream;
+- ``group``: the consumer group that failed;
+- ``event``: the original payload, empty when the entry had been deleted;
+- ``error``: the last error;
+- ``deliveries``: how often Redis had delivered the entry to the group.
 
 A replay appends the payload to the events stream again with a ``group``
 field, so only the group that failed processes it; every other group
@@ -85,7 +88,7 @@ async def list_dead_letters(client: redis.Redis, names: Names, *, count: int) ->
 
 @dataclass(frozen=True)
 class Replay:
-    """What a replay did with one dead-letter id."""
+    """The outcome of replaying one dead letter: the new stream id, or the reason it was not replayed."""
 
     dead_letter_id: str
     new_stream_id: str | None

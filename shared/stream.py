@@ -15,8 +15,8 @@ Failures, by kind:
 
 - A handler raises :class:`DependencyUnavailable` (or a Redis connection
   error): a service it needs is down. The same batch is retried with
-  exponential backoff and jitter until it succeeds or the consumer stops; the
-  entries stay pending and no try is counted.
+  exponential backoff and jitter until it succeeds or the consumer stops.
+  The entries stay pending meanwhile, and no try is counted.
 - A handler returns rejections: those entries can never succeed. They go to
   the dead-letter stream with the reason and are acknowledged with the rest.
 - A handler raises anything else, or runs longer than ``handle_timeout_s``:

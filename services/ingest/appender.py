@@ -2,8 +2,8 @@
 
 Durability: with ``durability="aof"`` (the default) :meth:`Appender.append`
 returns only after Redis has written the append to its append-only file and
-fsynced it (``WAITAOF 1 0``, Redis and Valkey 7.2 or later), so an accepted
-event survives a crash of the server or of the machine. With ``"relaxed"`` it
+fsynced it (``WAITAOF 1 0``, Redis and Valkey 7.2 or later). An accepted event
+then survives a crash of the server or of the machine. With ``"relaxed"`` it
 returns once the append is in memory. The append-only file then gets fsynced
 by the server's ``appendfsync`` policy, and a power loss or operating-system
 crash can lose what was accepted since the last fsync (about one second with
@@ -43,7 +43,7 @@ class AppendUnavailable(Exception):
 
 
 class BacklogFull(AppendUnavailable):
-    """The stream holds its maximum of unacknowledged entries; nothing was appended."""
+    """The stream contains its maximum of unacknowledged entries; nothing was appended."""
 
     slug = "backlog-full"
 
@@ -115,7 +115,7 @@ class Appender:
         replies = await self._append_and_wait(keys, args)
         if replies and replies[0] == _FULL:
             raise BacklogFull(
-                f"the event stream holds {replies[1]} unprocessed entries, its maximum is {self.max_backlog}; nothing was stored, retry later",
+                f"the event stream contains {replies[1]} unprocessed entries and its maximum is {self.max_backlog}, so nothing was stored; retry later",
                 self.retry_after_s,
             )
         return [reply.decode() if isinstance(reply, bytes) else reply for reply in replies]

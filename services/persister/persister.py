@@ -35,7 +35,7 @@ class Persister:
         self.events_inserted = 0
 
     async def handle(self, entries: Sequence[Entry]) -> Mapping[str, str]:
-        """Store a batch; return the entries the database refused, by stream id, with its error.
+        """Store a batch; return the entries the database rejected, by stream id, with its error.
 
         Raises DependencyUnavailable when PostgreSQL cannot be reached, so the
         consumer retries the batch with backoff and keeps it pending meanwhile.
@@ -49,5 +49,5 @@ class Persister:
             raise DependencyUnavailable(f"PostgreSQL unavailable: {type(error).__name__}: {error}") from error
         POSTGRES_ROWS_INSERTED.inc(result.inserted)
         self.events_inserted += result.inserted
-        log.debug("batch stored", entries=len(entries), inserted=result.inserted, refused=len(result.refused), first_id=entries[0].stream_id)
-        return result.refused
+        log.debug("batch stored", entries=len(entries), inserted=result.inserted, rejected=len(result.rejected), first_id=entries[0].stream_id)
+        return result.rejected

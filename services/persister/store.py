@@ -29,15 +29,15 @@ _GROUP_SEPARATOR = "\x1f"
 # Errors that concern the rows themselves: invalid data (SQLSTATE class 22), a
 # violated constraint (class 23) or an exception raised by a trigger (P0001).
 # Retrying such a row can never succeed.
-ROW_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.RaiseError)
+ROW_REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.RaiseError)
 
 
 @dataclass
 class InsertResult:
-    """Rows stored now, and the entries the database refused, by stream id, with its error."""
+    """Rows stored now, and the entries the database rejected, by stream id, with its error."""
 
     inserted: int = 0
-    refused: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 def batch_columns(entries: Sequence[Entry]) -> list[list]:
@@ -70,9 +70,9 @@ def _inserted_rows(status: str) -> int:
 
 
 async def insert_events(connection: asyncpg.Connection, entries: Sequence[Entry]) -> InsertResult:
-    """Insert a batch in one transaction; if the database refuses a row, insert row by row.
+    """Insert a batch in one transaction; if the database rejects a row, insert row by row.
 
-    Row by row, each row gets its own savepoint, so the refused rows are
+    Row by row, each row gets its own savepoint, so the rejected rows are
     reported with the database's error and the others are still stored,
     all in one transaction. Connection errors propagate. A cancellation
     before the commit completes rolls the transaction back.
@@ -81,8 +81,8 @@ async def insert_events(connection: asyncpg.Connection, entries: Sequence[Entry]
         async with connection.transaction():
             status = await connection.execute(INSERT_EVENTS, *batch_columns(entries))
         return InsertResult(inserted=_inserted_rows(status))
-    except ROW_REFUSED as error:
-        log.warning("batch refused by database, inserting row by row", entries=len(entries), first_id=entries[0].stream_id, error=str(error))
+    except ROW_REJECTED as error:
+        log.warning("batch rejected by database, inserting row by row", entries=len(entries), first_id=entries[0].stream_id, error=str(error))
 
     result = InsertResult()
     async with connection.transaction():
@@ -90,8 +90,8 @@ async def insert_events(connection: asyncpg.Connection, entries: Sequence[Entry]
             try:
                 async with connection.transaction():
                     status = await connection.execute(INSERT_EVENTS, *batch_columns([entry]))
-            except ROW_REFUSED as error:
-                result.refused[entry.stream_id] = f"database refused the row ({error.sqlstate} {type(error).__name__}): {error}"
+            except ROW_REJECTED as error:
+                result.rejected[entry.stream_id] = f"database rejected the row ({error.sqlstate} {type(error).__name__}): {error}"
             else:
                 result.inserted += _inserted_rows(status)
     return result

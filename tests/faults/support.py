@@ -57,7 +57,7 @@ def batches(events: Sequence[dict], size: int) -> list[list[dict]]:
 
 @dataclass
 class PostOutcome:
-    """What the ingest answered, per event id and per request."""
+    """The ingest's responses, per event id and per request."""
 
     accepted: set[str] = field(default_factory=set)
     duplicate: set[str] = field(default_factory=set)
@@ -86,7 +86,7 @@ class Poster:
         """Post every batch once; with ``retry_until_s``, repost a batch that got no 2xx until that many seconds passed.
 
         A repost sends the same event ids, so an event stored by an attempt
-        whose answer was lost comes back as a duplicate, as it would for a
+        whose response was lost comes back as a duplicate, as it would for a
         real client. ``requests_per_s`` paces the first attempts into a
         steady load instead of one burst.
         """
@@ -232,7 +232,7 @@ async def acl_user_without_xack(client: redis.Redis, settings: Settings) -> Asyn
     """Create a Redis user that may run every command except XACK; yield a URL that logs in as it.
 
     A consumer logged in as this user handles entries but can never
-    acknowledge them, which holds it between its effect and its ack.
+    acknowledge them, so it stops between its effect and its ack.
     """
     user = f"noack-{secrets.token_hex(4)}"
     password = secrets.token_hex(16)

@@ -73,7 +73,7 @@ async def test_sigkill_consumers_under_load(settings: Settings, redis_client: re
         services.start("persister-0", "persister", **env)
         await wait_healthy(f"{base}/healthz")
 
-        # A steady load for about 12 s: 120 requests of 25 events, 10 a second, each retried until answered.
+        # A steady load for about 12 s: 120 requests of 25 events, 10 a second, each retried until it gets a 2xx.
         load = asyncio.create_task(
             Poster(base, key, concurrency=4).post_batches(batches(events, 25), PostOutcome(), retry_until_s=60, requests_per_s=10)
         )

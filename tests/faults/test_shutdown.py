@@ -24,7 +24,7 @@ async def _commit_running(db: asyncpg.Connection, database: str) -> bool:
 
 
 async def test_sigterm_finishes_batch_in_flight(settings: Settings, redis_client: redis.Redis, db: asyncpg.Connection, tmp_path: Path) -> None:
-    """A persister told to stop while its COMMIT runs finishes it, acknowledges, and exits 0 within 10 s."""
+    """A persister sent SIGTERM while its COMMIT runs finishes it, acknowledges, and exits 0 within 10 s."""
     names = Names(settings.namespace)
     database = urlsplit(settings.database_url).path.lstrip("/")
     await db.execute(SLOW_COMMIT_SQL)

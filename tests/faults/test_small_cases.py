@@ -1,4 +1,4 @@
-"""Small fault cases with known right answers: a kill before the ack, a full backlog, a refused row, a cancelled commit."""
+"""Small fault cases with known right results: a kill before the ack, a full backlog, a rejected row, a cancelled commit."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ async def test_ranker_killed_before_ack(settings: Settings, redis_client: redis.
     async with acl_user_without_xack(redis_client, settings) as no_ack_url:
         with service_processes(settings, tmp_path / "logs") as services:
             services.start("ingest", "ingest", **FAULT_ENV)
-            # This ranker applies events but every XACK it sends is refused; it never reclaims its own entries.
+            # This ranker applies events but every XACK it sends is rejected; it never reclaims its own entries.
             services.start("ranker-1", "ranker", **{**FAULT_ENV, "RANKSTREAM_CLAIM_IDLE_MS": "60000"}, RANKSTREAM_REDIS_URL=no_ack_url)
             await wait_healthy(f"{base}/healthz")
 
@@ -98,7 +98,7 @@ async def test_ranker_killed_before_ack(settings: Settings, redis_client: redis.
 
 
 async def test_backlog_bound_answers_503(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> None:
-    """With a bound of 1,000 entries and a dead persister, ingest answers 503 beyond it and loses nothing it accepted."""
+    """With a bound of 1,000 entries and a dead persister, ingest returns 503 beyond it and loses nothing it accepted."""
     names = Names(settings.namespace)
     occurred = occurred_now()
     period = sum_board_period(settings, occurred)
@@ -132,10 +132,10 @@ async def test_backlog_bound_answers_503(settings: Settings, redis_client: redis
             more = [pushups(f"more-{a}-{n}", f"athlete-{a}", 1, occurred) for n in range(100) for a in range(15)]
             requests = [more[i : i + 10] for i in range(0, len(more), 10)]
             outcome = await poster.post_batches(requests, outcome)
-            refused_requests = outcome.statuses.count(503)
-            # The stream holds 20 unacknowledged entries, so 980 more fit: 98 requests of 10.
+            unavailable_requests = outcome.statuses.count(503)
+            # The stream contains 20 unacknowledged entries, so 980 more fit: 98 requests of 10.
             assert len(outcome.accepted) == 20 + 980
-            assert refused_requests == 52
+            assert unavailable_requests == 52
             assert outcome.statuses.count(202) == 1 + 98
             assert outcome.retry_after == {"5"}
             assert await redis_client.xlen(names.events_stream) == 1000
@@ -150,7 +150,7 @@ async def test_backlog_bound_answers_503(settings: Settings, redis_client: redis
             reference = await reference_totals(settings.database_url)
             totals = await board_totals(redis_client, names, period)
             report(
-                "backlog bound", accepted=len(outcome.accepted), refused_requests=refused_requests,
+                "backlog bound", accepted=len(outcome.accepted), unavailable_requests=unavailable_requests,
                 persisted=len(stored), ranked=await applied_count(redis_client, names, period),
             )
             assert sorted(stored) == sorted(outcome.accepted)
@@ -168,11 +168,11 @@ async def _both_groups_idle(client: redis.Redis, names: Names) -> bool:
     return True
 
 
-async def test_refused_row_goes_to_dead_letters(settings: Settings, redis_client: redis.Redis, db: asyncpg.Connection, tmp_path: Path) -> None:
-    """Of five events, the one PostgreSQL refuses is dead-lettered with its error; the other four are stored once."""
+async def test_rejected_row_dead_lettered(settings: Settings, redis_client: redis.Redis, db: asyncpg.Connection, tmp_path: Path) -> None:
+    """Of five events, the one PostgreSQL rejects is dead-lettered with its error; the other four are stored once."""
     names = Names(settings.namespace)
     occurred = occurred_now()
-    # A rule only the database knows about.
+    # A rule that only the database enforces.
     await db.execute("ALTER TABLE events ADD CONSTRAINT events_user_not_blocked CHECK (user_id <> 'blocked')")
     key = await new_key(settings)
     base = f"http://127.0.0.1:{settings.http_port}"
@@ -192,7 +192,7 @@ async def test_refused_row_goes_to_dead_letters(settings: Settings, redis_client
         await wait_for(settled, what="four rows stored and one dead letter")
         stored = await stored_event_ids(settings.database_url)
         letters = await list_dead_letters(redis_client, names, count=10)
-        report("refused row", accepted=len(outcome.accepted), persisted=len(stored), dead_letters=len(letters))
+        report("rejected row", accepted=len(outcome.accepted), persisted=len(stored), dead_letters=len(letters))
         assert sorted(stored) == ["r0", "r1", "r3", "r4"]
         assert len(letters) == 1
         letter = letters[0]
@@ -202,7 +202,7 @@ async def test_refused_row_goes_to_dead_letters(settings: Settings, redis_client
         assert "CheckViolationError" in letter.error
         assert "events_user_not_blocked" in letter.error
         assert services.stop("persister") == 0
-        # One dead letter and no retry: the refusal was logged once.
+        # One dead letter and no retry: the rejection was logged once.
         assert services.log_text("persister").count('"event": "entry moved to dead-letter stream"') == 1
 
 
@@ -229,7 +229,7 @@ async def test_cancel_between_insert_and_commit(settings: Settings, redis_client
     """A batch cancelled while its COMMIT runs leaves no open transaction, and is stored later, exactly once."""
     names = Names(settings.namespace)
     database = urlsplit(settings.database_url).path.lstrip("/")
-    # A deferred trigger runs at COMMIT, after the INSERT: it holds the commit open while the delay is set.
+    # A deferred trigger runs at COMMIT, after the INSERT, and keeps the commit waiting while the delay is set.
     await db.execute(SLOW_COMMIT_SQL)
     pool = await create_pool(settings.database_url, min_size=1, max_size=1)
     persister = Persister(pool)
