@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest.app import create_app
@@ -18,6 +19,9 @@ from shared.boards import BoardRegistry, load_boards
 from shared.database import create_pool
 from shared.redis_client import connect_redis
 from shared.settings import Settings
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def new_key(settings: Settings, kind: KeyKind = KeyKind.SERVER, user_id: str | None = None) -> str:
@@ -30,12 +34,17 @@ async def new_key(settings: Settings, kind: KeyKind = KeyKind.SERVER, user_id: s
 
 
 @asynccontextmanager
-async def ingest_client(settings: Settings, **app_options) -> AsyncIterator[TestClient]:
-    """Serve the ingest app in-process on a free port and yield an HTTP client for it."""
+async def ingest_client(settings: Settings, extra_get_routes: Mapping[str, Handler] | None = None, **app_options) -> AsyncIterator[TestClient]:
+    """Serve the ingest app in-process on a free port and yield an HTTP client for it.
+
+    ``extra_get_routes`` adds GET handlers by path, for tests of the app's middleware.
+    """
     client = connect_redis(settings.redis_url)
     pool = await create_pool(settings.database_url, max_size=2)
     boards = BoardRegistry(load_boards(settings.boards_file))
     app = create_app(settings, client, pool, boards, **app_options)
+    for path, handler in (extra_get_routes or {}).items():
+        app.router.add_get(path, handler)
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as http:
         yield http
     await pool.close()

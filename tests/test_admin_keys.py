@@ -166,13 +166,8 @@ async def test_cli_keys_audited(settings: Settings, db: asyncpg.Connection) -> N
 async def test_other_admin_routes_audited_as_allowed(settings: Settings, redis_client, db: asyncpg.Connection) -> None:
     """An admin route that uses authorise_admin gets an 'allowed' audit row with method and path."""
     from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
 
     from services.ingest.admin_keys import authorise_admin
-    from services.ingest.app import create_app
-    from shared.boards import BoardRegistry, load_boards
-    from shared.database import create_pool
-    from shared.redis_client import connect_redis
 
     async def handler(request: web.Request) -> web.Response:
         await authorise_admin(request, "example.read")
@@ -180,16 +175,8 @@ async def test_other_admin_routes_audited_as_allowed(settings: Settings, redis_c
 
     admin = await new_key(settings, KeyKind.ADMIN)
     admin_id = await key_id_of(db, "test")
-    client = connect_redis(settings.redis_url)
-    pool = await create_pool(settings.database_url, max_size=2)
-    app = create_app(settings, client, pool, BoardRegistry(load_boards(settings.boards_file)))
-    app.router.add_get("/v1/admin/example", handler)
-    try:
-        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as http:
-            response = await http.get("/v1/admin/example", headers=bearer(admin))
-    finally:
-        await pool.close()
-        await client.aclose()
+    async with ingest_client(settings, extra_get_routes={"/v1/admin/example": handler}) as http:
+        response = await http.get("/v1/admin/example", headers=bearer(admin))
     details = await db.fetchval("SELECT details::text FROM audit_log")
 
     assert response.status == 200
