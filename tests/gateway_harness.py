@@ -18,6 +18,8 @@ from websockets.asyncio.client import ClientConnection
 from services.gateway.config import GatewayConfig
 from services.gateway.run import run_gateway
 from services.ranker.run import run_ranker
+from shared.names import Names
+from shared.schema import BoardUpdate, board_update_decoder
 from shared.settings import Settings
 from tests.helpers import wait_for, wait_for_port
 
@@ -77,6 +79,36 @@ async def post(http, key: str, events: list[dict] | dict) -> None:
     assert {result["status"] for result in body["results"]} == {"accepted"}, body
 
 
+class Published:
+    """The rank-change messages published while the block runs, read from the real channel."""
+
+    def __init__(self, settings: Settings) -> None:
+        from shared.redis_client import connect_redis
+
+        self.client = connect_redis(settings.redis_url)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.channel = Names(settings.namespace).rank_changes_channel
+        self.updates: list[BoardUpdate] = []
+
+    async def __aenter__(self) -> Published:
+        await self.pubsub.subscribe(self.channel)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.pubsub.aclose()
+        await self.client.aclose()
+
+    async def collect(self, seq: int, timeout_s: float = RECEIVE_TIMEOUT_S) -> list[BoardUpdate]:
+        """Return every update received until one numbered ``seq`` arrives."""
+        deadline = time.monotonic() + timeout_s
+        while not self.updates or self.updates[-1].seq < seq:
+            assert time.monotonic() < deadline, f"timed out waiting for seq {seq}; got {self.updates}"
+            message = await self.pubsub.get_message(timeout=0.5)
+            if message is not None:
+                self.updates.append(board_update_decoder.decode(message["data"]))
+        return self.updates
+
+
 class WsClient:
     """A test WebSocket client that reads JSON messages with a timeout."""
 
@@ -126,8 +158,6 @@ class WsClient:
 
 async def wait_seq(redis_client, settings: Settings, board_key: str, period: str, seq: int) -> None:
     """Wait until the ranker has applied ``seq`` updates to a board period."""
-    from shared.names import Names
-
     key = Names(settings.namespace).board_seq(board_key, period)
 
     async def reached() -> bool:

@@ -72,12 +72,11 @@ class History:
     def get(self, board_period: BoardPeriod) -> BoardHistory | None:
         return self.boards.get(board_period)
 
-    def add(self, update: BoardUpdate) -> bool:
-        """Record an update; return True when it shows that earlier updates were lost.
+    def add(self, board_period: BoardPeriod, update: BoardUpdate) -> bool:
+        """Record an update of a ranking's period; return True when it shows that earlier updates were lost.
 
         An update numbered at or below the last one is a duplicate and changes nothing.
         """
-        board_period = (update.board, update.period)
         history = self.boards.get(board_period)
         if history is None:
             # The first update seen for this board period: nothing before it is known.

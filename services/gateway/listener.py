@@ -99,7 +99,7 @@ class Listener:
             log.error("invalid rank-change message skipped", error=str(error), size_bytes=len(data))
             return
         board_period = board_period_of(update)
-        gap = self.history.add(update)
+        gap = self.history.add(board_period, update)
         if gap:
             log.warning("rank-change gap detected", board=board_period[0], period=board_period[1], seq=update.seq)
         self.on_change(board_period, update.final)

@@ -105,6 +105,9 @@ class Pusher:
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 log.warning("push failed, will retry", board=board_period[0], period=board_period[1], error=str(error))
                 self.hub.dirty.add(board_period)
+            except Exception:
+                # A bug in one board period's push must not stop pushes to every other.
+                log.exception("push failed", board=board_period[0], period=board_period[1])
 
     async def push(self, board_period: BoardPeriod) -> None:
         """Send every behind subscription of one board period what it misses."""

@@ -13,7 +13,9 @@ from services.gateway.config import GatewayConfig
 from services.gateway.listener import connect_pubsub_client
 from services.gateway.protocol import CloseCode
 from services.gateway.server import WS_PATH, Gateway
+from shared.board_store import BoardStore
 from shared.boards import BoardRegistry, load_boards
+from shared.database import create_pool
 from shared.lifecycle import stop_on
 from shared.names import Names
 from shared.redis_client import connect_redis
@@ -34,13 +36,24 @@ async def run_gateway(settings: Settings, *, stop: asyncio.Event | None = None, 
     config = config if config is not None else GatewayConfig.from_env()
     if config.jwt_secret is None:
         log.warning("websocket read access is open", hint="set RANKSTREAM_WS_JWT_SECRET to require signed tokens")
-    boards = BoardRegistry(load_boards(settings.boards_file))
+    # Board definitions come from PostgreSQL when it is configured, so boards
+    # created over the admin API can be followed; else from the boards file.
+    pool = store = None
+    if settings.database_url is not None:
+        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+        store = BoardStore(pool, seed_file=settings.boards_file)
+        boards = await store.open()
+    else:
+        boards = BoardRegistry(load_boards(settings.boards_file))
     client = connect_redis(settings.redis_url)
     names = Names(settings.namespace)
     pubsub_client = connect_pubsub_client(settings.redis_url, f"{settings.namespace}:gateway:{os.getpid()}")
     gateway = Gateway(client, pubsub_client, names, boards, config)
     listener = asyncio.create_task(gateway.listener.run(), name="pubsub-listener")
     pusher = asyncio.create_task(gateway.pusher.run(), name="push-loop")
+    tasks = [listener, pusher]
+    if store is not None:
+        tasks.append(asyncio.create_task(store.run(), name="boards-poll"))
     stopped = asyncio.Event()
     stopper = stop_on(stop, stopped.set)
     await gateway.probes.sampler.sample_at_start()
@@ -78,11 +91,13 @@ async def run_gateway(settings: Settings, *, stop: asyncio.Event | None = None, 
     finally:
         if stopper is not None:
             stopper.cancel()
-        for task in (listener, pusher):
+        for task in tasks:
             task.cancel()
-        for task in (listener, pusher):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if pool is not None:
+            await pool.close()
         await pubsub_client.aclose()
         await client.aclose()
         log.info("gateway stopped", gateway=gateway.gateway_id, messages_sent=gateway.stats.messages_sent)
