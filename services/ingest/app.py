@@ -11,6 +11,7 @@ import redis.asyncio as redis
 import structlog
 from aiohttp import web
 
+from services.gateway.page import add_live_page_routes
 from services.ingest.activities.upload import add_activity_routes
 from services.ingest.appender import Appender
 from services.ingest.auth import AuthError, Authenticator
@@ -115,4 +116,5 @@ def create_app(
     app.router.add_get("/v1/admin/keys", get_keys)
     app.router.add_delete(r"/v1/admin/keys/{key_id:\d{1,18}}", delete_key)
     add_activity_routes(app, settings)
+    add_live_page_routes(app, settings)
     return app
