@@ -1,0 +1,249 @@
+"""Writing docs/benchmarks.md from one run's results; sections of other benchmark scripts are kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.report import Row, foreign_sections, markdown_table
+
+OWN_HEADINGS = {
+    "Summary",
+    "Machine and sizes",
+    "How each figure is measured",
+    "Missed targets",
+    "Details",
+    "Reproduce",
+}
+
+# The next step for each kind of missed target: a plan, not a measurement.
+NEXT_STEPS = {
+    "single": (
+        "Run several ingest processes per host behind one port (SO_REUSEPORT or a load balancer): the work per "
+        "request is CPU in one Python event loop, so processes add capacity until Valkey or the cores are saturated. "
+        "Batching clients (the batch row) already reach far more events per second per process."
+    ),
+    "e2e": (
+        "Scale the slowest group shown under Details: add rankers or persisters (each group scales on its own), "
+        "and give each ingest process its own core on a bigger machine; on two cores every process competes with "
+        "the load generator, Valkey and PostgreSQL."
+    ),
+    "push": (
+        "The gateway sends each subscription at most RANKSTREAM_WS_MAX_UPDATES_PER_S updates per second (10 by "
+        "default), so a change can wait up to 100 ms for the next push slot. Raising the limit trades client "
+        "bandwidth for latency; the other part is the ranker's batch time under load."
+    ),
+    "reads": (
+        "Serve reads from more ingest processes or a read-only replica of Valkey; a read is a few sorted-set "
+        "commands, and the HTTP handling around them is most of its time."
+    ),
+    "rebuild": (
+        "Replay in larger batches and several periods in parallel; the rebuild runs the same apply script as the "
+        "ranker, so its limit is the raw ranker command rate shown beside it."
+    ),
+    "fanout": "Run the fan-out script on its own; see its section.",
+}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _profile_lines(profiles: dict | None, cpu_cores: dict | None) -> list[str]:
+    lines = []
+    if cpu_cores:
+        used = ", ".join(f"{service} {cores:.2f}" for service, cores in cpu_cores.items())
+        lines.append(f"  - CPU cores used during the phase (1.00 is one core kept busy): {used}.")
+    for service, summary in (profiles or {}).items():
+        if "error" in summary:
+            lines.append(f"  - {service}: not profiled ({summary['error']})")
+            continue
+        inclusive = ", ".join(f"{name} {share}%" for name, share in summary["inclusive"][:6])
+        leaves = ", ".join(f"{name} {share}%" for name, share in summary["self"][:5])
+        lines.append(f"  - {service} ({summary['samples']} samples): on the stack: {inclusive}. Own time: {leaves}.")
+    return lines
+
+
+def _missed(results: dict, rows: list[Row]) -> list[str]:
+    """Describe each missed target: by how much, what the profile shows and the next step."""
+    out = []
+    profiles = results.get("profiles", {})
+    for row in rows:
+        if row.met is not False:
+            continue
+        target_value = float(row.target.split()[-2].replace(",", "")) if row.target.split()[-1] in ("ms", "s") else float(row.target.split()[-1].replace(",", ""))
+        if row.higher_is_better:
+            gap = f"{row.measured:,.0f} {row.unit} against {row.target}: {1 - row.measured / target_value:.0%} short"
+        else:
+            gap = f"{row.measured:,.1f} {row.unit} against {row.target}: {row.measured / target_value:.1f} times the target"
+        cpu = None
+        if row.figure.startswith("HTTP ingest, one event"):
+            key, profile = "single", profiles.get("ingest_single")
+            cpu = (results.get("ingest_single") or {}).get("cpu_cores")
+        elif row.figure.startswith("End to end"):
+            key, profile = "e2e", profiles.get("end_to_end")
+            cpu = (results.get("end_to_end") or {}).get("cpu_cores")
+        elif row.figure.startswith("POST-to-push"):
+            key, profile = "push", profiles.get("push_latency_2000")
+            cpu = next((run.get("cpu_cores") for run in results.get("push_latency", []) if run["rate_per_s"] == 2000), None)
+        elif row.figure.startswith("Read"):
+            key, profile = "reads", profiles.get("reads")
+            cpu = (results.get("reads") or {}).get("cpu_cores")
+        elif row.figure.startswith("Rebuild"):
+            key, profile = "rebuild", None
+        else:
+            key, profile = "fanout", None
+        out.append(f"- **{row.figure}**: {gap}.")
+        profile_lines = _profile_lines(profile, cpu)
+        if profile_lines:
+            out.append(
+                "  What bounds it (py-spy at 100 Hz during the phase; `Runner.run` own time is the event loop itself, "
+                "uvloop in C: polling, socket reads and writes, callbacks):"
+            )
+            out += ["  " + line for line in profile_lines]
+        if key == "rebuild":
+            profile_lines = _profile_lines({"rebuild (in the harness)": results.get("rebuild", {}).get("profile", {"error": "not recorded"})}, None)
+            out.append("  What bounds it (py-spy at 100 Hz, the first seconds of the rebuild):")
+            out += ["  " + line for line in profile_lines]
+        out.append(f"  Next step: {NEXT_STEPS[key]}")
+    return out or ["Every figure with a target met it in this run."]
+
+
+def _details(results: dict) -> list[str]:
+    out = ["### Consumers alone (pre-filled stream)", "", "| Group | Consumers | Entries | Seconds | Events/s |", "|---|---:|---:|---:|---:|"]
+    for run in results.get("consumers", []):
+        out.append(f"| {run['service']} | {run['consumers']} | {_fmt(run['entries'])} | {_fmt(run['seconds'])} | {_fmt(run['events_per_s'])} |")
+    e2e = results.get("end_to_end") or {}
+    out += [
+        "",
+        "### End to end with batches of 100",
+        "",
+        f"{_fmt(e2e.get('events_accepted'))} events accepted in a {_fmt(e2e.get('post_window_s'))} s posting window "
+        f"({_fmt(e2e.get('ingest_events_per_s'))} events/s at ingest, POST p50 {_fmt(e2e.get('request_p50_ms'))} ms, "
+        f"p99 {_fmt(e2e.get('request_p99_ms'))} ms); both groups had acknowledged the last one "
+        f"{_fmt(e2e.get('end_to_end_s'))} s after the first POST. Backlog (lag plus pending of the slower group) "
+        f"each second: {', '.join(str(count) for _t, count in e2e.get('backlog_samples', []))}.",
+        "",
+        "### POST-to-push latency",
+        "",
+        "| Offered events/s | Achieved events/s | Probes pushed / sent | p50 ms | p95 ms | p99 ms | POST p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in results.get("push_latency", []):
+        out.append(
+            f"| {_fmt(run['rate_per_s'])} | {_fmt(run['achieved_events_per_s'])} | {run['probes_pushed']} / {run['probes']} | "
+            f"{_fmt(run['p50_ms'])} | {_fmt(run['p95_ms'])} | {_fmt(run['p99_ms'])} | {_fmt(run['post_p99_ms'])} |"
+        )
+    naive = results.get("naive_postgres") or {}
+    reads = results.get("reads") or {}
+    out += [
+        "",
+        "### Reads against the naive PostgreSQL design",
+        "",
+        f"Same {_fmt(naive.get('rows'))} athletes. PostgreSQL table `(user_id primary key, score)` with an index on "
+        f"score, built in {_fmt(naive.get('table_build_s'))} s from the events table.",
+        "",
+        "| Query | p50 ms | p99 ms |",
+        "|---|---:|---:|",
+        f"| Rankstream: one athlete's rank with neighbours, over HTTP | {_fmt(reads.get('rank_with_neighbours', {}).get('p50_ms'))} | {_fmt(reads.get('rank_with_neighbours', {}).get('p99_ms'))} |",
+        f"| Rankstream: top-100, over HTTP | {_fmt(reads.get('top_100', {}).get('p50_ms'))} | {_fmt(reads.get('top_100', {}).get('p99_ms'))} |",
+        f"| PostgreSQL: `count(*)` of better scores + 1 | {_fmt(naive.get('count_better', {}).get('p50_ms'))} | {_fmt(naive.get('count_better', {}).get('p99_ms'))} |",
+        f"| PostgreSQL: `RANK() OVER (ORDER BY score DESC)`, one athlete | {_fmt(naive.get('rank_window', {}).get('p50_ms'))} | {_fmt(naive.get('rank_window', {}).get('p99_ms'))} |",
+        f"| PostgreSQL: top-100 with `RANK()` | {_fmt(naive.get('top_100', {}).get('p50_ms'))} | {_fmt(naive.get('top_100', {}).get('p99_ms'))} |",
+    ]
+    memory = results.get("memory") or {}
+    out += [
+        "",
+        "### Memory per item (Valkey `MEMORY USAGE`, all elements sampled)",
+        "",
+        f"- Board period sorted set: {_fmt(memory.get('bytes_per_athlete_scores'))} bytes per athlete ({_fmt(memory.get('athletes'))} athletes).",
+        f"- Applied event ids of a board period: {_fmt(memory.get('bytes_per_applied_event_id'))} bytes per event ({_fmt(memory.get('applied_ids'))} ids).",
+        f"- Events stream: {_fmt(memory.get('bytes_per_stream_entry_limit_payload'))} bytes per entry with a 200-byte event (raw Valkey phase); "
+        f"{_fmt(memory.get('bytes_per_stream_entry'))} bytes per entry in the live stream at the end ({_fmt(memory.get('stream_entries'))} entries).",
+        f"- De-duplication key: {_fmt(memory.get('bytes_per_seen_key'))} bytes per accepted event id, kept for the TTL.",
+    ]
+    limits = (results.get("limits") or {}).get("valkey") or {}
+    out += ["", "### Raw limits", ""]
+    for name, item in limits.items():
+        rate = item.get("events_per_s") or item.get("reads_per_s")
+        out.append(f"- Valkey, {name.replace('_', ' ')}: {_fmt(item['commands'])} commands in {_fmt(item['seconds'])} s with `valkey-cli --pipe` = {_fmt(rate)} per second, {item['errors']} errors.")
+    copy = (results.get("limits") or {}).get("postgres_copy") or {}
+    out.append(f"- PostgreSQL COPY into the events table (primary key and two indexes): {_fmt(copy.get('rows'))} rows in {_fmt(copy.get('seconds'))} s = {_fmt(copy.get('rows_per_s'))} rows/s.")
+    fanout = results.get("fanout")
+    if fanout is not None:
+        out += ["", "### WebSocket fan-out script", "", f"`{fanout.get('script')}` exited with {fanout.get('exit_code', fanout.get('error'))}; its own section below has its figures."]
+    return out
+
+
+def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, json_path: Path) -> None:
+    machine = results["machine"]
+    sizes = results["sizes"]
+    existing = path.read_text() if path.exists() else ""
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` ({results['mode']} mode) on {results['finished_at']}, commit {machine['commit']}, "
+        f"in {results['duration_s']} s. Machine-readable results: [{json_path.name}]({json_path.name}).",
+        "",
+    ]
+    if results["mode"] != "full":
+        lines += ["**Quick mode: about a tenth of the data. These figures are for development, not for comparison.**", ""]
+    lines += ["## Summary", "", markdown_table(rows), ""]
+    if plot is not None:
+        lines += [f"![Latency against load]({plot.name})", ""]
+    lines += [
+        "## Machine and sizes",
+        "",
+        f"- {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB memory, Python {machine['python']}, {machine['platform']}.",
+        "- Everything runs on this one machine at once: embedded Valkey and PostgreSQL (from `rankstream up`), the four "
+        "services and the load generator, so each figure includes the competition for the same cores.",
+        f"- Board: {_fmt(sizes['athletes'])} athletes; COPY, rebuild and the naive baseline use {_fmt(sizes['athletes'])} events, one per athlete.",
+        f"- Raw Valkey: {_fmt(sizes['pipe_events'])} events and {_fmt(sizes['pipe_reads'])} reads per command group.",
+        f"- Single-event ingest: {sizes['single_concurrency']} connections for {sizes['single_s']} s. Batches: "
+        f"{sizes['batch_concurrency']} connections posting {sizes['batch_size']} events each for {sizes['batch_s']} s.",
+        f"- POST-to-push: {sizes['latency_s']} s per rate at {', '.join(f'{rate:,}' for rate in sizes['rates'])} events/s, open loop, with a probe event every 50 ms.",
+        f"- Reads: {sizes['read_concurrency']} connections for {sizes['read_s']} s per query. Naive baseline: "
+        f"{sizes['naive_count_queries']} `count(*)` and top-100 queries, {sizes['naive_rank_queries']} `RANK()` queries.",
+        f"- Consumers alone: {_fmt(sizes['consumer_entries'])} entries per run with {', '.join(map(str, sizes['consumer_counts']))} consumers.",
+        "- Rate limits and the backlog cap of ingest are lifted for the run (`bench/cluster.py`); durability and every "
+        "other setting keep their defaults.",
+        "",
+        "## How each figure is measured",
+        "",
+        "- The load generator (`bench/http_load.py`) is a small asyncio HTTP/1.1 client on keep-alive connections; "
+        "latency is from writing a request to reading its whole response.",
+        "- Ingest: closed loop, one event per POST, then batches of 100. End to end divides the accepted events by the "
+        "time from the first POST until both consumer groups had acknowledged the last entry.",
+        "- POST-to-push: a fixed schedule of POSTs (open loop) and a WebSocket subscribed to a probe athlete; each probe "
+        "event is timed from its POST to the first push that shows the probe's new score.",
+        "- Consumers alone: the stream is filled aside and renamed over the live key, so 1, 2 or 4 waiting consumers start "
+        "on the whole backlog at once; the time runs until the group has acknowledged every entry.",
+        "- Limits: `valkey-cli --pipe` sends the commands the ingest script, the apply script and the read path issue, "
+        "pipelined, to the same Valkey; COPY loads the same events table the persister writes.",
+        "- Profiles: py-spy samples the service processes during the phases, and the harness itself during the rebuild, "
+        "whose code runs inside the harness. It also counts the CPU seconds each service used.",
+        "",
+        "## Missed targets",
+        "",
+        *_missed(results, rows),
+        "",
+        "## Details",
+        "",
+        *_details(results),
+        "",
+        "## Reproduce",
+        "",
+        "```sh",
+        "make bench            # full run, about ten minutes on two cores",
+        ".venv/bin/python -m bench --quick   # a tenth of the data, for development",
+        "```",
+        "",
+    ]
+    lines += foreign_sections(existing, OWN_HEADINGS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip() + "\n")

@@ -1,0 +1,317 @@
+"""``make bench``: start a fresh ``rankstream up``, run every phase, print the table, write the page, JSON and plot.
+
+Usage: ``python -m bench [--quick]``. ``--quick`` runs every phase with about a
+tenth of the data for development; published figures come from a full run.
+Every load loop is bounded in count and time, and every process the harness
+starts is stopped by its own process id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import redis.asyncio as redis
+
+from bench import consumer_phases, data_phases, ingest_phases, limits, profile
+from bench.cluster import ROOT, Cluster, start_cluster, stop_cluster
+from bench.page import write_page
+from bench.report import console_table, plot_latency, summary_rows, write_json
+
+SIZES = {
+    "full": {
+        "athletes": 1_000_000,
+        "pipe_events": 200_000,
+        "pipe_reads": 20_000,
+        "naive_count_queries": 30,
+        "naive_rank_queries": 5,
+        "read_concurrency": 4,
+        "read_s": 5.0,
+        "single_concurrency": 64,
+        "single_s": 10.0,
+        "batch_size": 100,
+        "batch_concurrency": 8,
+        "batch_s": 15.0,
+        "latency_s": 8.0,
+        "rates": [500, 2000, 10000],
+        "consumer_entries": 100_000,
+        "consumer_counts": [1, 2, 4],
+        "profile_s": 5,
+        "drain_timeout_s": 180.0,
+    },
+    "quick": {
+        "athletes": 100_000,
+        "pipe_events": 20_000,
+        "pipe_reads": 2_000,
+        "naive_count_queries": 10,
+        "naive_rank_queries": 3,
+        "read_concurrency": 4,
+        "read_s": 2.0,
+        "single_concurrency": 32,
+        "single_s": 3.0,
+        "batch_size": 100,
+        "batch_concurrency": 8,
+        "batch_s": 3.0,
+        "latency_s": 3.0,
+        "rates": [500, 2000, 10000],
+        "consumer_entries": 10_000,
+        "consumer_counts": [1, 2, 4],
+        "profile_s": 2,
+        "drain_timeout_s": 60.0,
+    },
+}
+FANOUT_TIMEOUT_S = 420
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or None
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": commit,
+    }
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now(timezone.utc).strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+SERVICES = ("ingest", "ranker", "persister", "gateway")
+
+
+def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    used = {}
+    for service, pid in pids.items():
+        if pid is None:
+            continue
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        used[service] = times.user + times.system
+    return used
+
+
+async def _profiled(cluster: Cluster, services: list[str], seconds: int, work) -> tuple[dict, dict]:
+    """Run ``work`` while py-spy samples ``services`` for ``seconds``; return its result and the profiles.
+
+    The result gains ``cpu_cores``: CPU seconds each service used per second of
+    the phase, where 1.0 is one core kept busy.
+    """
+    pids = {service: cluster.service_pid(service) for service in SERVICES}
+    recorders = {service: asyncio.create_task(profile.record(pids[service], seconds)) for service in services if pids.get(service)}
+    cpu_before, wall_before = _cpu_seconds(pids), time.perf_counter()
+    result = await work
+    cpu_after, wall = _cpu_seconds(pids), time.perf_counter() - wall_before
+    result["cpu_cores"] = {service: round((cpu_after[service] - cpu_before[service]) / wall, 2) for service in cpu_after if service in cpu_before}
+    profiles = {service: await task for service, task in recorders.items()}
+    return result, profiles
+
+
+async def _rebuild_profiled(cluster: Cluster, seconds: int) -> dict:
+    """Rebuild while py-spy samples this process, where the rebuild code runs."""
+    recorder = asyncio.create_task(profile.record(os.getpid(), seconds))
+    result = await data_phases.rebuild_board(cluster)
+    result["profile"] = await recorder
+    return result
+
+
+async def run_phases(cluster: Cluster, sizes: dict, work_dir: Path) -> dict:
+    results: dict = {"profiles": {}}
+    athletes = sizes["athletes"]
+
+    log(f"COPY of {athletes:,} events into PostgreSQL")
+    results.setdefault("limits", {})["postgres_copy"] = await data_phases.copy_events(cluster, athletes=athletes)
+
+    log("rebuild of the board from PostgreSQL")
+    results["rebuild"] = await _rebuild_profiled(cluster, sizes["profile_s"])
+    results["board"] = await data_phases.fill_board(cluster, athletes=athletes)
+    scores_key = results["board"]["key"]
+
+    log("raw Valkey throughput with valkey-cli --pipe")
+    names_key = "rs:users:names"
+    results["limits"]["valkey"] = await asyncio.to_thread(
+        limits.raw_valkey, cluster.redis_port, events=sizes["pipe_events"], reads=sizes["pipe_reads"], athletes=athletes,
+        scores_key=scores_key, names_key=names_key,
+    )
+    limit_stream_bytes = await _limit_stream_bytes(cluster)
+    await _remove_limit_keys(cluster)
+
+    log("naive PostgreSQL baseline")
+    results["naive_postgres"] = await data_phases.naive_postgres(
+        cluster, count_queries=sizes["naive_count_queries"], rank_queries=sizes["naive_rank_queries"], athletes=athletes
+    )
+
+    log("HTTP reads on the large board")
+    results["reads"], results["profiles"]["reads"] = await _profiled(
+        cluster, ["ingest"], sizes["profile_s"],
+        data_phases.http_reads(cluster, athletes=athletes, concurrency=sizes["read_concurrency"], duration_s=sizes["read_s"]),
+    )
+
+    log("HTTP ingest, one event per request")
+    single, profiles = await _profiled(
+        cluster, ["ingest"], sizes["profile_s"],
+        ingest_phases.single_events(cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, tag="single"),
+    )
+    results["ingest_single"] = single
+    results["profiles"]["ingest_single"] = profiles
+    await ingest_phases.settle(cluster, sizes["drain_timeout_s"])
+
+    log("HTTP ingest, one event per request, second ingest process with RANKSTREAM_DURABILITY=relaxed")
+    results["ingest_single_relaxed"] = await ingest_phases.single_events_relaxed(
+        cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, log_dir=work_dir
+    )
+    await ingest_phases.settle(cluster, sizes["drain_timeout_s"])
+
+    log("batches of 100, end to end")
+    e2e, profiles = await _profiled(
+        cluster, ["ingest", "ranker", "persister"], sizes["profile_s"],
+        ingest_phases.batches_end_to_end(
+            cluster, batch_size=sizes["batch_size"], concurrency=sizes["batch_concurrency"], duration_s=sizes["batch_s"],
+            athletes=athletes, drain_timeout_s=sizes["drain_timeout_s"],
+        ),
+    )
+    results["end_to_end"] = e2e
+    results["profiles"]["end_to_end"] = profiles
+    await ingest_phases.settle(cluster, sizes["drain_timeout_s"])
+
+    results["push_latency"] = []
+    for rate in sizes["rates"]:
+        log(f"POST-to-push latency at {rate:,} events/s")
+        run, profiles = await _profiled(
+            cluster, ["gateway"] if rate == 2000 else [], sizes["profile_s"],
+            ingest_phases.push_latency(cluster, rate_per_s=rate, duration_s=sizes["latency_s"], athletes=athletes, tag=f"lat{rate}"),
+        )
+        results["push_latency"].append(run)
+        if profiles:
+            results["profiles"]["push_latency_2000"] = profiles
+        await ingest_phases.settle(cluster, sizes["drain_timeout_s"])
+
+    results["memory"] = await data_phases.memory_sizing(cluster, scores_key)
+    results["memory"]["bytes_per_stream_entry_limit_payload"] = limit_stream_bytes
+
+    results["consumers"] = []
+    for service in ("ranker", "persister"):
+        for count in sizes["consumer_counts"]:
+            log(f"{service} alone with {count} consumer(s)")
+            results["consumers"].append(
+                await consumer_phases.drain_run(
+                    cluster, service=service, consumers=count, entries=sizes["consumer_entries"], athletes=athletes,
+                    log_dir=work_dir, timeout_s=sizes["drain_timeout_s"],
+                )
+            )
+    return results
+
+
+async def _limit_stream_bytes(cluster: Cluster) -> float | None:
+    client = redis.Redis.from_url(cluster.redis_url)
+    try:
+        stream = limits.Names(limits.LIMIT_NAMESPACE).events_stream
+        entries = await client.xlen(stream)
+        size = await client.memory_usage(stream, samples=0)
+        return round(size / entries, 1) if entries and size else None
+    finally:
+        await client.aclose()
+
+
+async def _remove_limit_keys(cluster: Cluster) -> None:
+    client = redis.Redis.from_url(cluster.redis_url)
+    try:
+        batch = []
+        async for key in client.scan_iter(match=f"{limits.LIMIT_NAMESPACE}:*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
+
+
+def run_fanout(quick: bool) -> dict | None:
+    """Run the WebSocket fan-out script of bench/ when it exists; return what it reported, or None."""
+    candidates = sorted((ROOT / "bench").glob("*fanout*.py")) + sorted((ROOT / "bench").glob("*fan_out*.py"))
+    if not candidates:
+        return None
+    script = candidates[0]
+    command = [sys.executable, str(script.relative_to(ROOT))]
+    if quick:
+        command.append("--quick")
+    log(f"WebSocket fan-out: {' '.join(command[1:])}")
+    try:
+        completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=FANOUT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"script": str(script.relative_to(ROOT)), "error": f"did not finish within {FANOUT_TIMEOUT_S} s"}
+    return {"script": str(script.relative_to(ROOT)), "exit_code": completed.returncode, "output_tail": completed.stdout[-3000:], "stderr_tail": completed.stderr[-1500:]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmark Rankstream against a fresh 'rankstream up'.")
+    parser.add_argument("--quick", action="store_true", help="about a tenth of the data and time, for development; not for publishing")
+    parser.add_argument("--page", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown page to write (default docs/benchmarks.md)")
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json", help="JSON results to write (default docs/benchmarks.json)")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks-latency.png", help="PNG plot to write (default docs/benchmarks-latency.png)")
+    parser.add_argument("--skip-fanout", action="store_true", help="do not run the WebSocket fan-out script")
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    sizes = SIZES[mode]
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    started = time.monotonic()
+    work_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"rankstream-bench-logs-{os.getpid()}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    async def everything() -> dict:
+        log(f"starting rankstream up ({mode} mode); logs in {work_dir}")
+        cluster = await start_cluster(work_dir / "up.log")
+        try:
+            return await run_phases(cluster, sizes, work_dir)
+        finally:
+            log("stopping rankstream up")
+            await asyncio.to_thread(stop_cluster, cluster)
+
+    results = runner(everything())
+    results["fanout"] = None if args.skip_fanout else run_fanout(args.quick)
+    results["mode"] = mode
+    results["sizes"] = sizes
+    results["machine"] = machine()
+    results["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results["duration_s"] = round(time.monotonic() - started, 1)
+
+    rows = summary_rows(results)
+    print(console_table(rows), flush=True)
+    write_json(results, args.json)
+    plotted = plot_latency(results, args.plot)
+    write_page(results, rows, args.page, args.plot if plotted else None, args.json)
+    log(f"wrote {args.page}, {args.json}" + (f" and {args.plot}" if plotted else "") + f" in {results['duration_s']} s")
