@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.ingest.activities.closed_periods import closed_periods
 from services.ingest.activities.decode import DecodedUpload
 from services.ingest.activities.detect import UnsupportedMediaType, declared_format
-from services.ingest.activities.model import ActivityFileError
+from services.ingest.activities.model import ActivityFileError, ActivityFormat
 from services.ingest.activities.scoring import file_digest, score_events
 from services.ingest.activities.worker import DecodeTimeout, decode_in_process
 from services.ingest.appender import AppendUnavailable
@@ -110,13 +110,18 @@ async def read_body(request: web.Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _decode(limits: UploadLimits, body: bytes, media_type: str) -> DecodedUpload:
+def _declared(media_type: str) -> ActivityFormat | None:
     try:
-        declared = declared_format(media_type)
+        return declared_format(media_type)
     except UnsupportedMediaType as error:
         raise UploadRejected(problem(415, "unsupported-media-type", "Unsupported media type", str(error))) from None
+
+
+async def _decode(limits: UploadLimits, body: bytes, declared: ActivityFormat | None) -> DecodedUpload:
     try:
         # The semaphore bounds concurrent decoding processes; the time bound starts once one runs.
+        # NOTE: uploads waiting for a slot are not bounded in number, only by the rate limit
+        # per key, so each keeps its body (up to max_activity_bytes) in memory while it waits.
         async with limits.decode_slots:
             return await asyncio.to_thread(decode_in_process, body, declared, limits.decode_timeout_s)
     except ActivityFileError as error:
@@ -139,6 +144,7 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
     require_poster(key)
     await security.rate_limiter.check(f"key:{key.id}")
     user_id = athlete_of(key, request.query.get("user_id"))
+    declared = _declared(request.content_type)
 
     # Read and decode the whole file before anything is appended.
     body = await read_body(request, limits.max_activity_bytes)
@@ -146,7 +152,7 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
         return problem(400, "empty-body", "Empty body", "the request body is empty; send one FIT, GPX or TCX file as the body")
     digest = file_digest(body)
     structlog.contextvars.bind_contextvars(user_id=user_id, file_sha256=digest)
-    decoded = await _decode(limits, body, request.content_type)
+    decoded = await _decode(limits, body, declared)
 
     # Derived events pass the same checks and the same append script as posted ones.
     events = score_events(decoded.measurements, digest, user_id)
