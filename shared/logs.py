@@ -31,7 +31,14 @@ def configure_logging(level: str = "info", log_format: str = "auto", service: st
         structlog.contextvars.bind_contextvars(service=service)
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
-        processors=[*shared_processors, structlog.processors.format_exc_info, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level drops records below the level before any processor runs, so
+        # per-request debug and info calls cost little when the level is warning.
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared_processors,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

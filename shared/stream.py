@@ -345,7 +345,11 @@ class StreamConsumer:
         if dead or skipped:
             await self._settle([], dead, skipped)
         if entries:
-            await self._process(entries)
+            # Every log line about this batch carries its stream id range, bound once here.
+            with structlog.contextvars.bound_contextvars(
+                first_stream_id=entries[0].stream_id, last_stream_id=entries[-1].stream_id, batch_entries=len(entries)
+            ):
+                await self._process(entries)
         self.batches_handled += 1
         BATCH_SIZE.labels(group=self.group).observe(len(raw))
         BATCH_DURATION.labels(group=self.group).observe(time.perf_counter() - started_s)

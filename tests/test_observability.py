@@ -57,8 +57,9 @@ async def test_probes_and_metrics_of_four_services(settings: Settings, redis_cli
 
     with service_processes(settings, tmp_path / "logs") as services:
         services.start("ingest", "ingest")
-        services.start("ranker", "ranker", RANKSTREAM_METRICS_PORT=str(ranker_port))
-        services.start("persister", "persister", RANKSTREAM_METRICS_PORT=str(persister_port))
+        # No trimming, so the stream still holds every entry when its length is checked.
+        services.start("ranker", "ranker", RANKSTREAM_METRICS_PORT=str(ranker_port), RANKSTREAM_TRIM_INTERVAL_MS="0")
+        services.start("persister", "persister", RANKSTREAM_METRICS_PORT=str(persister_port), RANKSTREAM_TRIM_INTERVAL_MS="0")
         services.start("gateway", "gateway")
         urls = {
             "ingest": base,
