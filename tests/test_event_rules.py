@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from services.ingest.rules import Bounds, clean_display_name
+from shared.schema import ScoreEvent
 from shared.settings import Settings, SettingsError
 from tests.helpers import ingest_client, new_key
 
@@ -259,3 +260,18 @@ def test_open_bound_setting_parsed() -> None:
     assert bounds["plank_s"] == (None, 3600.0)
     assert bounds["pushups"] == (0.0, None)
     assert bounds["run_5k_time_s"] == (755.36, 86_400)
+
+
+async def test_metric_of_board_added_later_accepted(settings: Settings, redis_client) -> None:
+    """A board added to the registry after startup makes its metric accepted without a restart."""
+    from shared.boards import Board, BoardRegistry, Operator, load_boards
+    from services.ingest.rules import EventRules
+
+    registry = BoardRegistry(load_boards(settings.boards_file))
+    rules = EventRules.build(registry.by_metric, (), {}, 60)
+    before = "jumping_jacks" in rules.accepted_metrics
+    registry.replace([*registry, Board(id="jacks", metric="jumping_jacks", operator=Operator.SUM)])
+
+    assert before is False
+    assert "jumping_jacks" in rules.accepted_metrics
+    assert rules.apply(msgspec.convert(event("j1", metric="jumping_jacks"), ScoreEvent), NOW).metric == "jumping_jacks"

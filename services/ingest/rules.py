@@ -66,23 +66,32 @@ def _number(value: float | None) -> str:
 
 @dataclass(frozen=True)
 class EventRules:
-    """The accepted metrics, the plausible value range per metric and the allowed clock skew."""
+    """The accepted metrics, the plausible value range per metric and the allowed clock skew.
 
-    accepted_metrics: frozenset[str]
+    ``board_metrics`` is the board registry's own ``by_metric`` mapping, kept by
+    reference, so boards added or removed at run time change what is accepted.
+    """
+
+    board_metrics: Mapping[str, object]
+    allowed_metrics: frozenset[str]
     bounds: Mapping[str, Bounds]
     max_clock_skew_s: int
 
     @classmethod
     def build(
         cls,
-        board_metrics: Iterable[str],
+        board_metrics: Mapping[str, object],
         allowed_metrics: Iterable[str],
         metric_bounds: Mapping[str, tuple[float | None, float | None]],
         max_clock_skew_s: int,
     ) -> EventRules:
         """Accept the metrics of the boards plus ``allowed_metrics``."""
         bounds = {metric: Bounds(minimum, maximum) for metric, (minimum, maximum) in metric_bounds.items()}
-        return cls(frozenset(board_metrics) | frozenset(allowed_metrics), bounds, max_clock_skew_s)
+        return cls(board_metrics, frozenset(allowed_metrics), bounds, max_clock_skew_s)
+
+    @property
+    def accepted_metrics(self) -> frozenset[str]:
+        return frozenset(self.board_metrics) | self.allowed_metrics
 
     def apply(self, event: ScoreEvent, now: datetime) -> ScoreEvent:
         """Return the event with its display name cleaned; raise FieldError for the first broken rule."""
@@ -98,7 +107,7 @@ class EventRules:
         # Finite and exact values first, so the bounds below never see NaN.
         check_event(event)
 
-        if event.metric not in self.accepted_metrics:
+        if event.metric not in self.board_metrics and event.metric not in self.allowed_metrics:
             listed = ", ".join(sorted(self.accepted_metrics)[:_LISTED_METRICS])
             raise FieldError(
                 "metric",
