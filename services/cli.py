@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dlq_parser(commands)
 
+    from services.boards_command import add_boards_parser
+    from services.rebuild_command import add_rebuild_parser
+
+    add_boards_parser(commands)
+    add_rebuild_parser(commands)
+
     from services.import_command import add_import_parser
 
     add_import_parser(commands)
