@@ -25,7 +25,7 @@ MEDIA_TYPES = {
 }
 # Rate-limited (429) and overloaded (503) uploads are retried this many times in all.
 MAX_ATTEMPTS = 5
-# The longest wait between attempts, whatever Retry-After requests.
+# The maximum wait between attempts, whatever Retry-After requests.
 MAX_RETRY_WAIT_S = 30.0
 REQUEST_TIMEOUT_S = 120.0
 _RETRIED_STATUSES = frozenset({429, 503})

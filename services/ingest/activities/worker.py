@@ -3,8 +3,8 @@
 Each upload is decoded in its own process, forked from a forkserver that has
 the decoders imported. A file that takes too long is stopped by killing exactly
 its process, and a decoder crash cannot take the ingest process down.
-The call that waits for the child is blocking and meant for a thread, so the
-event loop never waits on decoding.
+The call that waits for the child blocks, so the upload handler runs it with
+``asyncio.to_thread`` and the event loop never waits on decoding.
 """
 
 from __future__ import annotations
