@@ -304,12 +304,16 @@ class StreamConsumer:
     async def _claim_idle(self) -> None:
         start = "0-0"
         while not self._stopping.is_set():
-            next_start, raw, deleted = await self.client.xautoclaim(
+            reply = await self.client.xautoclaim(
                 self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=start, count=self.read_count
             )
+            # Redis 7 adds a third element: ids of entries deleted from the stream, which
+            # XAUTOCLAIM has already dropped from the pending list. Redis 6.2 returns them
+            # as entries without fields instead, and _handle dead-letters those.
+            next_start, raw = reply[0], reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
             if deleted:
-                # XAUTOCLAIM drops entries deleted from the stream from the pending list itself.
-                log.warning("claimed entries were deleted from the stream", group=self.group, stream_ids=[_as_str(i) for i in deleted])
+                log.warning("pending entries deleted from the stream", group=self.group, stream_ids=[_as_str(i) for i in deleted])
             if raw:
                 log.warning("claimed idle entries", group=self.group, consumer=self.consumer, count=len(raw), first_id=_as_str(raw[0][0]))
                 await self._handle(raw, redelivered=True)
