@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import subprocess
@@ -262,14 +263,30 @@ def run_fanout(quick: bool) -> dict | None:
         return None
     script = candidates[0]
     command = [sys.executable, str(script.relative_to(ROOT))]
-    if quick:
+    usage = subprocess.run([*command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    if quick and "--quick" in usage:
         command.append("--quick")
     log(f"WebSocket fan-out: {' '.join(command[1:])}")
     try:
         completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=FANOUT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"script": str(script.relative_to(ROOT)), "error": f"did not finish within {FANOUT_TIMEOUT_S} s"}
-    return {"script": str(script.relative_to(ROOT)), "exit_code": completed.returncode, "output_tail": completed.stdout[-3000:], "stderr_tail": completed.stderr[-1500:]}
+    runs = []
+    for line in completed.stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                runs.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    # A size counts as served when every client got the last update and none was closed by the server.
+    served = [run for run in runs if run.get("clients_up_to_date") == run.get("clients") and run.get("closed_by_server") == 0]
+    return {
+        "script": str(script.relative_to(ROOT)),
+        "exit_code": completed.returncode,
+        "runs": runs,
+        "max_clients_one_gateway": max((run["clients"] for run in served), default=None),
+        "stderr_tail": completed.stderr[-1500:],
+    }
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def event(event_id: str, user_id: str, value: float, occurred_at: str) -> dict:
 
 
 async def test_probes_and_metrics_of_four_services(settings: Settings, redis_client, tmp_path: Path) -> None:
-    """Each service answers its probes, and the metrics count exactly the events posted."""
+    """Each service serves its probes, and the metrics count exactly the events posted."""
     key = await new_key(settings)
     base = f"http://127.0.0.1:{settings.http_port}"
     gateway = f"http://127.0.0.1:{settings.ws_port}"
@@ -57,7 +57,7 @@ async def test_probes_and_metrics_of_four_services(settings: Settings, redis_cli
 
     with service_processes(settings, tmp_path / "logs") as services:
         services.start("ingest", "ingest")
-        # No trimming, so the stream still holds every entry when its length is checked.
+        # No trimming, so the stream still contains every entry when its length is checked.
         services.start("ranker", "ranker", RANKSTREAM_METRICS_PORT=str(ranker_port), RANKSTREAM_TRIM_INTERVAL_MS="0")
         services.start("persister", "persister", RANKSTREAM_METRICS_PORT=str(persister_port), RANKSTREAM_TRIM_INTERVAL_MS="0")
         services.start("gateway", "gateway")

@@ -11,12 +11,14 @@ from redis.backoff import NoBackoff
 from structlog.testing import capture_logs
 
 from services.status import collect_status, render_status
-from shared.metrics import policy_evicts_stream_keys, rejection_reason
+from shared.metrics import REGISTRY, policy_evicts_stream_keys, rejection_reason
 from shared.names import Names
 from shared.probe_server import parse_request_line, serve_probes
 from shared.probes import Probes, event_check, redis_check
 from shared.redis_stats import RedisSampler
 from shared.settings import Settings
+from shared.stream import StreamConsumer
+from tests.helpers import wait_for
 
 
 async def http_get(port: int, request: bytes) -> tuple[str, bytes]:
@@ -145,3 +147,38 @@ async def test_status_report_text(settings: Settings, redis_client: redis.Redis)
         "pushups-weekly  2026-W49         2",
         "run-longest     all              1",
     ]
+
+
+async def test_dead_letter_and_batch_metrics(settings: Settings, redis_client: redis.Redis) -> None:
+    """An undecodable entry adds exactly one dead letter; the batch metrics count every entry read."""
+    names = Names(settings.namespace)
+    group = "ranker"
+    handled: list[str] = []
+
+    async def handler(entries) -> None:
+        handled.extend(entry.stream_id for entry in entries)
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"group": group}) or 0.0
+
+    dead_before = sample("rankstream_dead_letters_total")
+    entries_before = sample("rankstream_batch_size_entries_sum")
+    await redis_client.xadd(names.events_stream, {b"event": b"not json"})
+    consumer = StreamConsumer(redis_client, names, group, "c1", handler, block_ms=20, trim_interval_s=0)
+    task = asyncio.create_task(consumer.run())
+    try:
+        async def joined() -> bool:
+            return consumer.joined.is_set()
+
+        await wait_for(joined, what="consumer joined")
+
+        async def dead_lettered() -> bool:
+            return await redis_client.xlen(names.dead_letter_stream) == 1
+
+        await wait_for(dead_lettered, what="one dead letter")
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=15)
+    assert handled == []
+    assert sample("rankstream_dead_letters_total") - dead_before == 1
+    assert sample("rankstream_batch_size_entries_sum") - entries_before == 1
