@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import redis.asyncio as redis
+import websockets
 
 from shared.database import migrate_url
 from shared.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -14,6 +16,7 @@ from shared.names import PERSISTER_GROUP, Names
 from shared.settings import Settings
 from tests.faults.support import (
     FAULT_ENV,
+    SUM_BOARD,
     Poster,
     PostOutcome,
     applied_count,
@@ -36,8 +39,15 @@ from tests.processes import service_processes
 OUTAGE_S = 10.0
 
 
+async def _collect_pushes(ws: websockets.ClientConnection, received: list[tuple[float, dict]]) -> None:
+    """Record every message of ``ws`` with the loop time it arrived, until the connection closes."""
+    loop = asyncio.get_running_loop()
+    async for message in ws:
+        received.append((loop.time(), json.loads(message)))
+
+
 async def test_postgres_outage_under_load(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> None:
-    """PostgreSQL down for 10 s: ranking goes on, nothing is lost, and the persister's lag returns to zero."""
+    """PostgreSQL down for 10 s: ranking and push go on, nothing is lost, and the persister's lag returns to zero."""
     postgres = EmbeddedPostgres(tmp_path / "postgres", durable=False)
     await asyncio.to_thread(postgres.start)
     try:
@@ -53,9 +63,14 @@ async def test_postgres_outage_under_load(settings: Settings, redis_client: redi
         events = load_events("pg", 2000, 20, occurred)
 
         with service_processes(own, tmp_path / "logs") as services:
-            for service in ("ingest", "ranker", "persister"):
+            for service in ("ingest", "ranker", "persister", "gateway"):
                 services.start(service, service, **env)
             await wait_healthy(f"{base}/healthz")
+            await wait_healthy(f"http://127.0.0.1:{own.ws_port}/healthz")
+            ws = await websockets.connect(f"ws://127.0.0.1:{own.ws_port}/v1/ws")
+            await ws.send(json.dumps({"type": "subscribe", "id": "board", "board": SUM_BOARD, "top": 3}))
+            pushes: list[tuple[float, dict]] = []
+            collecting = asyncio.create_task(_collect_pushes(ws, pushes))
             # About 16 s of steady load: 160 requests of 12 or 13 events, 10 a second.
             load = asyncio.create_task(
                 Poster(base, key, concurrency=4).post_batches(batches(events, 13), PostOutcome(), retry_until_s=60, requests_per_s=10)
@@ -74,6 +89,15 @@ async def test_postgres_outage_under_load(settings: Settings, redis_client: redi
 
             await wait_for(ranking_goes_on, timeout_s=OUTAGE_S - 1, what="the ranker applying events while PostgreSQL is down")
             pending_during_outage, _lag = await group_backlog(redis_client, names, PERSISTER_GROUP)
+
+            def pushed_while_down() -> int:
+                return sum(1 for at, message in pushes if at >= down_at and message.get("type") == "update")
+
+            async def push_goes_on() -> bool:
+                return pushed_while_down() > 0
+
+            await wait_for(push_goes_on, timeout_s=3, what="a rank change pushed while PostgreSQL is down")
+            updates_while_down = pushed_while_down()
             # The outage itself lasts a fixed time; nothing waits on this sleep for a result.
             await asyncio.sleep(max(0.0, down_at + OUTAGE_S - asyncio.get_running_loop().time()))
             await asyncio.to_thread(postgres.start)
@@ -89,14 +113,16 @@ async def test_postgres_outage_under_load(settings: Settings, redis_client: redi
             totals = await board_totals(redis_client, names, period)
             ranked = await applied_count(redis_client, names, period)
             report("postgres outage", accepted=len(outcome.stored), persisted=len(stored), ranked=ranked,
-                   persister_pending_during_outage=pending_during_outage)
+                   persister_pending_during_outage=pending_during_outage, updates_pushed_while_down=updates_while_down)
             assert pending_during_outage > 0
             assert len(outcome.stored) == 2000
             assert sorted(stored) == sorted(outcome.stored)
             assert ranked == 2000
             assert_totals_equal(totals, reference)
             assert await group_backlog(redis_client, names, PERSISTER_GROUP) == (0, 0)
-            for service in ("ingest", "ranker", "persister"):
+            await ws.close()
+            await asyncio.wait_for(collecting, timeout=10)
+            for service in ("ingest", "ranker", "persister", "gateway"):
                 assert services.stop(service) == 0, services.log_text(service)
     finally:
         await asyncio.to_thread(postgres.stop)
