@@ -1,7 +1,7 @@
 """Final standings of closed periods in PostgreSQL (``board_results``), written and read.
 
-Reads compute ranks with SQL window functions over the stored scores, leaving
-out athletes hidden now, so an archived period answers in the same shape and
+Reads compute ranks with SQL window functions over the stored scores and leave
+out athletes hidden now, so an archived period reads in the same shape and
 order as a live one: ``rank()`` over the score for tie policy ``shared``
 (listed by user id descending within a tie), ``row_number()`` over score, then
 reached time, then user id for ``first``. User ids compare byte-wise

@@ -1,9 +1,9 @@
 """Board definitions in PostgreSQL, and the loader every service polls them with.
 
-``apply_boards`` creates or updates definitions declaratively: applying the same
-set twice changes nothing. A board that already has scores keeps its ranking
-fields (``RANKING_FIELDS`` in ``shared.boards``); only title, unit and retention
-may change, because stored scores would no longer match a new rule.
+``apply_boards`` creates or updates definitions declaratively, and applying the
+same set twice changes nothing. A board that already has scores keeps its
+ranking fields (``RANKING_FIELDS`` in ``shared.boards``), because its stored
+scores would no longer match a new rule. Title, unit and retention may change.
 
 :class:`BoardStore` keeps a :class:`BoardRegistry` up to date by polling the
 highest definition ``version`` every ``poll_interval_s``, so the ranker, ingest

@@ -1,7 +1,7 @@
 """Board definitions: which events a board takes and how it ranks them.
 
 Definitions live in PostgreSQL (see ``shared.board_store``); ``deploy/boards.toml``
-holds the default set with one ``[[board]]`` table per board. Scores are kept in
+contains the default set with one ``[[board]]`` table per board. Scores are kept in
 sorted sets as integers scaled by ``10**decimals`` and negated for
 lower-is-better boards, so every board ranks by descending sorted-set score and
 sums of decimals stay exact.

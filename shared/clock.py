@@ -23,7 +23,7 @@ def system_clock() -> datetime:
 
 
 class ManualClock:
-    """A clock that stands still until a test sets or advances it."""
+    """A clock that keeps one instant until a test sets or advances it."""
 
     def __init__(self, now: datetime) -> None:
         self.set(now)

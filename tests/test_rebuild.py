@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -11,6 +13,7 @@ from services.ranker.run import run_ranker
 from shared.boards import Board, Operator, Order, Reset, Scope, Tie
 from shared.settings import Settings
 from tests.board_pipeline import Pipeline, board_pipeline, utc
+from tests.conftest import service_env
 from tests.helpers import wait_for
 from tests.reference import reference_standings
 
@@ -95,7 +98,7 @@ async def test_rebuild_under_concurrent_ingest(settings: Settings, redis_client)
 
 
 async def test_ranker_rebuilds_when_redis_lost(settings: Settings, redis_client) -> None:
-    """A ranker that starts on an empty Redis while PostgreSQL holds events rebuilds before serving."""
+    """A ranker that starts on an empty Redis while PostgreSQL contains events rebuilds before serving."""
     async with board_pipeline(settings, BOARDS, NOW) as pipeline:
         await pipeline.post_and_process([sample_event(pipeline, number) for number in range(40)])
         async for key in pipeline.client.scan_iter(match=f"{settings.namespace}:*", count=1000):
@@ -112,3 +115,22 @@ async def test_ranker_rebuilds_when_redis_lost(settings: Settings, redis_client)
         finally:
             stop.set()
             await asyncio.wait_for(ranker, timeout=20)
+
+
+async def test_cli_rebuild_one_board_period(settings: Settings, redis_client) -> None:
+    """`rankstream rebuild --board B --period P` rebuilds that period only."""
+    async with board_pipeline(settings, BOARDS, NOW) as pipeline:
+        await pipeline.post_and_process([sample_event(pipeline, number) for number in range(30)])
+        before = await pipeline.scores("sum-week", "2026-W49")
+        await pipeline.client.delete(pipeline.names.board_scores("sum-week", "2026-W49"))
+        await pipeline.client.delete(pipeline.names.board_scores("count-clubs/club-a", "all"))
+
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services", "rebuild", "--board", "sum-week", "--period", "2026-W49", "--quiet"],
+            env=service_env(settings), capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "rebuilt 1 board periods from 30 events; applied 0 events that arrived meanwhile"
+        assert await pipeline.scores("sum-week", "2026-W49") == before
+        assert await pipeline.scores("count-clubs", group="club-a") == []

@@ -2,8 +2,8 @@
 
 ``GET`` lists the stored definitions. ``POST`` applies a set declaratively,
 as ``rankstream boards apply`` does; ``PUT /v1/admin/boards/{board}`` creates or
-updates one. Applying is idempotent and all-or-nothing: an invalid definition
-answers 400, a rejected change of a board that has scores answers 409, and in
+updates one. Applying is idempotent and all-or-nothing. An invalid definition
+gets 400 and a rejected change of a board that has scores gets 409, and in
 both cases nothing is stored. The ingest that served the request reloads at
 once; other processes within their poll interval.
 """

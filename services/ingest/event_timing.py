@@ -18,8 +18,8 @@ def timing_error(event: ScoreEvent, boards: BoardRegistry, now: datetime) -> Fie
 
     An event counts on a board until its period's end plus the board's late
     grace. It is rejected only when it is too late for every board of its
-    metric; a board whose period closed just leaves it out (the ranker checks
-    the same rule with the event's ``received_at``).
+    metric. A board whose period has closed leaves it out, because the ranker
+    checks the same rule with the event's ``received_at``.
     """
     if event.occurred_at - now > timedelta(seconds=MAX_FUTURE_S):
         return FieldError("occurred_at", f"is more than {MAX_FUTURE_S // 60} minutes in the future; send events when the workout has happened")

@@ -1,8 +1,8 @@
 """Hiding athletes from every board without deleting their history.
 
-Operators hide banned, staff or test accounts (``/v1/admin/hidden/{user_id}``,
-admin keys only); athletes opt out themselves (``/v1/users/{user_id}/opt-out``,
-a device key of that athlete or a server key). PostgreSQL stores one row per
+Operators hide banned, staff or test accounts with ``/v1/admin/hidden/{user_id}``
+and an admin key. Athletes opt out with ``/v1/users/{user_id}/opt-out`` and
+their own device key, or an app does it with a server key. PostgreSQL stores one row per
 source; Redis mirrors the union in ``Names.hidden_users``, which every rank
 read and the ranker consult. Scores keep accumulating while hidden, so
 unhiding restores the athlete's exact standing.

@@ -1,10 +1,10 @@
 """Closing periods: after a period's late grace, archive its standings and announce it final.
 
 The ranker records every ranking period it touches in ``Names.closing_periods``,
-scored by the instant its late grace ends. Once that instant has passed by
-``settle_s`` (so requests that ingest accepted just before still reach the
-stream), the closer notes the newest stream id as the period's close mark and
-waits until the ranker group has applied every entry up to it. Then it writes
+scored by the instant its late grace ends. The closer waits ``settle_s`` more,
+so requests that ingest accepted just before still reach the stream. Then it
+notes the newest stream id as the period's close mark and waits until the
+ranker group has applied every entry up to it. After that it writes
 the standings to ``board_results``, publishes one BoardUpdate with
 ``final=True`` and lets the period's keys expire after the board's
 ``retention_s``. Each step is idempotent, so several rankers may run it.

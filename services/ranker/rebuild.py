@@ -3,7 +3,7 @@
 Steps, per run:
 
 1. Note the newest stream id S0 and wait until the persister group has stored
-   every entry up to S0, so PostgreSQL holds every event at or before S0.
+   every entry up to S0, so PostgreSQL contains every event at or before S0.
 2. Replay the events of each board from PostgreSQL through the apply script
    into aside keys (``Names.board_rebuild``) in the same hash tag as the live ones.
 3. Swap each built period in with one script (RENAME of every part), so
@@ -254,7 +254,7 @@ def _text(value: str | bytes) -> str:
 
 
 async def needs_rebuild(client: redis.Redis, pool: asyncpg.Pool, names: Names) -> bool:
-    """Return whether Redis lost its data: no events stream while PostgreSQL holds events."""
+    """Return whether Redis lost its data: no events stream while PostgreSQL contains events."""
     if await client.exists(names.events_stream):
         return False
     return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM events)"))
