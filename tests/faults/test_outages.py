@@ -143,8 +143,13 @@ async def test_valkey_restart_under_load(settings: Settings, tmp_path: Path) -> 
         events = load_events("vk", 2000, 20, occurred)
 
         with service_processes(own, tmp_path / "logs") as services:
-            started = {service: services.start(service, service, **FAULT_ENV) for service in ("ingest", "ranker", "persister")}
+            started = {service: services.start(service, service, **FAULT_ENV) for service in ("ingest", "ranker", "persister", "gateway")}
             await wait_healthy(f"{base}/healthz")
+            await wait_healthy(f"http://127.0.0.1:{own.ws_port}/healthz")
+            ws = await websockets.connect(f"ws://127.0.0.1:{own.ws_port}/v1/ws")
+            await ws.send(json.dumps({"type": "subscribe", "id": "board", "board": SUM_BOARD, "top": 3}))
+            pushes: list[tuple[float, dict]] = []
+            collecting = asyncio.create_task(_collect_pushes(ws, pushes))
             load = asyncio.create_task(
                 Poster(base, key, concurrency=4).post_batches(batches(events, 20), PostOutcome(), retry_until_s=60, requests_per_s=10)
             )
@@ -157,6 +162,16 @@ async def test_valkey_restart_under_load(settings: Settings, tmp_path: Path) -> 
             await asyncio.to_thread(valkey.kill)
             await asyncio.to_thread(valkey.start)
             assert (await client.info("server"))["run_id"] != run_id_before
+            restarted_at = asyncio.get_running_loop().time()
+
+            def pushed_after_restart() -> int:
+                return sum(1 for at, message in pushes if at >= restarted_at and message.get("type") == "update")
+
+            async def push_resumed() -> bool:
+                return pushed_after_restart() > 0
+
+            # The gateway must subscribe again on its own to push the changes made after the restart.
+            await wait_for(push_resumed, timeout_s=15, what="a rank change pushed after the restart")
 
             outcome = await asyncio.wait_for(load, timeout=90)
 
@@ -169,14 +184,17 @@ async def test_valkey_restart_under_load(settings: Settings, tmp_path: Path) -> 
             totals = await board_totals(client, names, period)
             ranked = await applied_count(client, names, period)
             report("valkey restart", accepted=len(outcome.stored), persisted=len(stored), ranked=ranked,
-                   unanswered_or_refused=outcome.unanswered_requests + sum(1 for status in outcome.statuses if status >= 500))
+                   unanswered_or_refused=outcome.unanswered_requests + sum(1 for status in outcome.statuses if status >= 500),
+                   updates_pushed_after_restart=pushed_after_restart())
             assert len(outcome.stored) == 2000
             assert sorted(stored) == sorted(outcome.stored)
             assert ranked == 2000
             assert_totals_equal(totals, reference)
             # The same processes ran throughout: none was restarted.
             assert all(process.poll() is None for process in started.values())
-            for service in ("ingest", "ranker", "persister"):
+            await ws.close()
+            await asyncio.wait_for(collecting, timeout=10)
+            for service in ("ingest", "ranker", "persister", "gateway"):
                 assert services.processes[service] is started[service]
                 assert services.stop(service) == 0, services.log_text(service)
     finally:
