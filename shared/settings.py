@@ -133,6 +133,8 @@ class Settings:
     max_events_per_request: int = 1000
     rate_limit_per_minute: int = 600
     rate_limit_burst_requests: int = 100
+    auth_failures_per_minute: int = 60
+    auth_failure_burst: int = 30
     max_clock_skew_s: int = 60
     allowed_metrics: tuple[str, ...] = ()
     metric_bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=lambda: dict(DEFAULT_METRIC_BOUNDS))
@@ -191,6 +193,8 @@ class Settings:
             max_events_per_request=_read_int(env, "RANKSTREAM_MAX_EVENTS_PER_REQUEST", 1000, 1, 10_000),
             rate_limit_per_minute=_read_int(env, "RANKSTREAM_RATE_LIMIT_PER_MINUTE", 600, 0, 6_000_000),
             rate_limit_burst_requests=_read_int(env, "RANKSTREAM_RATE_LIMIT_BURST_REQUESTS", 100, 1, 1_000_000),
+            auth_failures_per_minute=_read_int(env, "RANKSTREAM_AUTH_FAILURES_PER_MINUTE", 60, 0, 6_000_000),
+            auth_failure_burst=_read_int(env, "RANKSTREAM_AUTH_FAILURE_BURST", 30, 1, 1_000_000),
             max_clock_skew_s=_read_int(env, "RANKSTREAM_MAX_CLOCK_SKEW_S", 60, 0, 3600),
             allowed_metrics=_read_metrics(env, "RANKSTREAM_ALLOWED_METRICS"),
             metric_bounds=_read_metric_bounds(env, "RANKSTREAM_METRIC_BOUNDS"),

@@ -15,6 +15,7 @@ from services.gateway.page import add_live_page_routes
 from services.ingest.activities.upload import add_activity_routes
 from services.ingest.appender import Appender
 from services.ingest.auth import AuthError, Authenticator
+from services.ingest.auth_failures import AuthFailureLimit
 from services.ingest.events import post_events
 from services.ingest.admin_keys import delete_key, get_keys, post_key
 from services.ingest.openapi import get_openapi
@@ -43,9 +44,12 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     structlog.contextvars.clear_contextvars()
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     structlog.contextvars.bind_contextvars(request_id=request_id[:64], method=request.method, path=request.path)
+    security = request.app[SECURITY_KEY]
     try:
+        await security.auth_failures.check(request)
         response = await handler(request)
     except AuthError as error:
+        await security.auth_failures.record(request, error)
         title = "Unauthorized" if error.status == 401 else "Forbidden"
         headers = {"WWW-Authenticate": 'Bearer realm="rankstream"'} if error.status == 401 else None
         log.info("request not authorised", status=error.status)
@@ -53,13 +57,10 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     except RateLimited as error:
         log.info("request rate limited", retry_after_ms=error.allowance.retry_after_ms)
         response = problem(
-            429, "rate-limited", "Too many requests",
-            f"this key may make {error.limit_per_minute} requests per minute; retry after {error.allowance.retry_after_s} s",
-            headers={"Retry-After": str(error.allowance.retry_after_s)},
+            429, "rate-limited", "Too many requests", error.detail, headers={"Retry-After": str(error.allowance.retry_after_s)}
         )
     except web.HTTPRequestEntityTooLarge:
-        max_body_bytes = request.app[SECURITY_KEY].max_body_bytes
-        response = problem(413, "body-too-large", "Body too large", f"the request body exceeds {max_body_bytes} bytes; send a smaller batch")
+        response = problem(413, "body-too-large", "Body too large", f"the request body exceeds {security.max_body_bytes} bytes; send a smaller batch")
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -90,6 +91,7 @@ def create_app(
     app[SECURITY_KEY] = Security(
         rules=EventRules.build(boards.by_metric, settings.allowed_metrics, settings.metric_bounds, settings.max_clock_skew_s),
         rate_limiter=RateLimiter(client, names, settings.rate_limit_per_minute, settings.rate_limit_burst_requests),
+        auth_failures=AuthFailureLimit(RateLimiter(client, names, settings.auth_failures_per_minute, settings.auth_failure_burst)),
         max_events_per_request=settings.max_events_per_request,
         max_body_bytes=settings.max_body_bytes,
     )
