@@ -2,10 +2,10 @@
 --
 -- KEYS[1] the bucket hash (fields: tokens, updated_ms).
 -- ARGV[1] capacity in tokens, ARGV[2] refill rate in tokens per minute,
--- ARGV[3] tokens this request costs.
+-- ARGV[3] tokens this request costs; 0 only reads the bucket.
 -- Returns {allowed (1 or 0), milliseconds until the request would be allowed,
--- whole tokens left}. Time comes from the server, so every ingest process
--- shares one clock.
+-- whole tokens left, milliseconds until at least one token is in the bucket}.
+-- Time comes from the server, so every ingest process shares one clock.
 
 local capacity = tonumber(ARGV[1])
 local per_minute = tonumber(ARGV[2])
@@ -29,7 +29,12 @@ else
   wait_ms = math.ceil((cost - tokens) * 60000 / per_minute)
 end
 
+local wait_one_ms = 0
+if tokens < 1 then
+  wait_one_ms = math.ceil((1 - tokens) * 60000 / per_minute)
+end
+
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated_ms', now_ms)
 -- A full bucket and a missing one mean the same, so let idle buckets expire.
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * 60000 / per_minute) + 1000)
-return {allowed, wait_ms, math.floor(tokens)}
+return {allowed, wait_ms, math.floor(tokens), wait_one_ms}

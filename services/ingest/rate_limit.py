@@ -37,12 +37,15 @@ class Allowance:
 
 
 class RateLimited(Exception):
-    """A key has used up its allowance; retry after ``retry_after_s``."""
+    """A bucket is empty; ``detail`` says which limit, retry after ``allowance.retry_after_s``."""
 
-    def __init__(self, allowance: Allowance, limit_per_minute: int) -> None:
-        super().__init__(f"rate limit of {limit_per_minute} requests per minute exceeded")
+    def __init__(self, allowance: Allowance, limit_per_minute: int, detail: str | None = None) -> None:
+        if detail is None:
+            detail = f"this key may make {limit_per_minute} requests per minute; retry after {allowance.retry_after_s} s"
+        super().__init__(detail)
         self.allowance = allowance
         self.limit_per_minute = limit_per_minute
+        self.detail = detail
 
 
 class RateLimiter:
@@ -61,13 +64,17 @@ class RateLimiter:
         self.script = client.register_script(RATE_LIMIT_SCRIPT)
         self._outage_logged_at = -math.inf
 
-    async def take(self, subject: str) -> Allowance:
-        """Take one token from ``subject``'s bucket; return whether the request may go on."""
+    async def take(self, subject: str, cost: int = 1) -> Allowance:
+        """Take ``cost`` tokens from ``subject``'s bucket; return whether the request may go on.
+
+        A ``cost`` of 0 takes nothing: the allowance then says whether a token
+        is left, and ``retry_after_ms`` is the wait until one is.
+        """
         if self.per_minute == 0:
             return Allowance(True, 0, self.burst_requests)
         try:
-            allowed, wait_ms, remaining = await self.script(
-                keys=[self.names.rate_limit_bucket(subject)], args=[self.burst_requests, self.per_minute, 1]
+            allowed, wait_ms, remaining, wait_one_ms = await self.script(
+                keys=[self.names.rate_limit_bucket(subject)], args=[self.burst_requests, self.per_minute, cost]
             )
         except (RedisConnectionError, RedisTimeoutError) as error:
             now = time.monotonic()
@@ -75,6 +82,8 @@ class RateLimiter:
                 self._outage_logged_at = now
                 log.warning("rate limit check failed, request let through", subject=subject, error=str(error))
             return Allowance(True, 0, 0)
+        if cost == 0:
+            return Allowance(int(remaining) >= 1, int(wait_one_ms), int(remaining))
         return Allowance(bool(allowed), int(wait_ms), int(remaining))
 
     async def check(self, subject: str) -> Allowance:

@@ -1,4 +1,4 @@
-"""Limits the ingest handlers enforce: event rules, rate limiter, batch size and body size."""
+"""Limits the ingest handlers enforce: event rules, rate limits, batch size and body size."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from services.ingest.auth_failures import AuthFailureLimit
 from services.ingest.rate_limit import RateLimiter
 from services.ingest.rules import EventRules
 
@@ -14,6 +15,7 @@ from services.ingest.rules import EventRules
 class Security:
     rules: EventRules
     rate_limiter: RateLimiter
+    auth_failures: AuthFailureLimit
     max_events_per_request: int
     max_body_bytes: int
 
