@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,16 @@ class Cluster:
                 continue
             if command[-2:] == ["services", service]:
                 return child.pid
+        return None
+
+    def valkey_pid(self) -> int | None:
+        """Return the process id of the embedded valkey-server, or None."""
+        for child in psutil.Process(self.process.pid).children(recursive=False):
+            try:
+                if child.name().startswith("valkey-server"):
+                    return child.pid
+            except psutil.NoSuchProcess:
+                continue
         return None
 
     def child_env(self, **extra: str) -> dict[str, str]:
@@ -150,3 +161,23 @@ def stop_cluster_process(process: subprocess.Popen, data_dir: Path) -> None:
 
 def stop_cluster(cluster: Cluster) -> None:
     stop_cluster_process(cluster.process, cluster.data_dir)
+
+
+@contextlib.asynccontextmanager
+async def extra_service(cluster: Cluster, service: str, ready_url: str, log_path: Path, **env: str) -> AsyncIterator[subprocess.Popen]:
+    """Run one more service process next to the cluster with extra settings, stopped by its process id."""
+    log_file = open(log_path, "ab")  # noqa: SIM115 - the child process owns it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services", service], env=cluster.child_env(**env), stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    log_file.close()
+    try:
+        await wait_ready(ready_url, START_TIMEOUT_S)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -7,9 +7,6 @@ import dataclasses
 import itertools
 import json
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,13 +15,12 @@ import psutil
 import redis.asyncio as redis
 import websockets
 
-from bench.cluster import ROOT, Cluster, wait_ready
+from bench.cluster import Cluster, extra_service
 from bench.common import BOARD, Clock, event_json, percentiles_ms, wait_drained
 from bench.http_load import ConnectionPool, Results, build_request, closed_loop, send_one
 from shared.embedded import free_port
 from shared.names import CONSUMER_GROUPS, Names
 
-READY_TIMEOUT_S = 60.0
 
 TICK_S = 0.01
 PROBE_INTERVAL_S = 0.05
@@ -63,26 +59,28 @@ async def single_events_relaxed(cluster: Cluster, *, concurrency: int, duration_
     The difference to the default run is the cost of ``WAITAOF`` per request.
     """
     port = free_port()
-    env = cluster.child_env(RANKSTREAM_HTTP_PORT=str(port), RANKSTREAM_DURABILITY="relaxed")
-    log = open(log_dir / "ingest-relaxed.log", "ab")  # noqa: SIM115 - the child process owns it
-    process = subprocess.Popen([sys.executable, "-m", "services", "ingest"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    log.close()
-    try:
-        await wait_ready(f"http://127.0.0.1:{port}/readyz", READY_TIMEOUT_S)
+    ready = f"http://127.0.0.1:{port}/readyz"
+    async with extra_service(cluster, "ingest", ready, log_dir / "ingest-relaxed.log", RANKSTREAM_HTTP_PORT=str(port), RANKSTREAM_DURABILITY="relaxed") as process:
         relaxed = dataclasses.replace(cluster, http_port=port)
         cpu_before = psutil.Process(process.pid).cpu_times()
         result = await single_events(relaxed, concurrency=concurrency, duration_s=duration_s, athletes=athletes, tag="relaxed")
         cpu_after = psutil.Process(process.pid).cpu_times()
-        used = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-        result["cpu_cores"] = {"ingest": round(used / result["duration_s"], 2)}
-        return result
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    used = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    result["cpu_cores"] = {"ingest": round(used / result["duration_s"], 2)}
+    return result
+
+
+async def push_latency_paced(cluster: Cluster, *, updates_per_s: int, rate_per_s: int, duration_s: float, athletes: int, log_dir: Path) -> dict:
+    """Repeat :func:`push_latency` through an extra gateway that pushes up to ``updates_per_s`` per subscription."""
+    port = free_port()
+    ready = f"http://127.0.0.1:{port}/readyz"
+    async with extra_service(
+        cluster, "gateway", ready, log_dir / "gateway-paced.log", RANKSTREAM_WS_PORT=str(port), RANKSTREAM_WS_MAX_UPDATES_PER_S=str(updates_per_s)
+    ):
+        paced = dataclasses.replace(cluster, ws_port=port)
+        result = await push_latency(paced, rate_per_s=rate_per_s, duration_s=duration_s, athletes=athletes, tag=f"paced{updates_per_s}")
+    result["max_updates_per_s"] = updates_per_s
+    return result
 
 
 async def batches_end_to_end(cluster: Cluster, *, batch_size: int, concurrency: int, duration_s: float, athletes: int, drain_timeout_s: float) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bench.report import Row, foreign_sections, markdown_table
@@ -18,9 +19,11 @@ OWN_HEADINGS = {
 # The next step for each kind of missed target: a plan, not a measurement.
 NEXT_STEPS = {
     "single": (
-        "Run several ingest processes per host behind one port (SO_REUSEPORT or a load balancer): the work per "
-        "request is CPU in one Python event loop, so processes add capacity until Valkey or the cores are saturated. "
-        "Batching clients (the batch row) already reach far more events per second per process."
+        "When the ingest process uses close to one core (see the CPU line), run several ingest processes per host "
+        "behind one port or a load balancer, and send batches from clients that can (the batch row reaches far more "
+        "events per second per process). When it uses much less, it waits on its two Valkey round trips per request "
+        "(rate limit, then append with WAITAOF) or on a machine whose cores are shared with the load generator: "
+        "compare the relaxed-durability row and run the generator on another machine."
     ),
     "e2e": (
         "Scale the slowest group shown under Details: add rankers or persisters (each group scales on its own), "
@@ -29,12 +32,14 @@ NEXT_STEPS = {
     ),
     "push": (
         "The gateway sends each subscription at most RANKSTREAM_WS_MAX_UPDATES_PER_S updates per second (10 by "
-        "default), so a change can wait up to 100 ms for the next push slot. Raising the limit trades client "
-        "bandwidth for latency; the other part is the ranker's batch time under load."
+        "default), so under steady load a change waits up to 100 ms for the next push slot. The row measured "
+        "through a second gateway with the limit at 100 shows the latency without most of that wait; raising the "
+        "limit sends clients more messages. The rest is the time through ingest, the stream and the ranker."
     ),
     "reads": (
-        "Serve reads from more ingest processes or a read-only replica of Valkey; a read is a few sorted-set "
-        "commands, and the HTTP handling around them is most of its time."
+        "Serve reads from more ingest processes, or from Valkey replicas. A read is a few sequential Valkey round trips "
+        "(shared/standings.py) plus the HTTP handling; the CPU line shows whether the ingest process or the shared "
+        "machine is the bound."
     ),
     "rebuild": (
         "Replay in larger batches and several periods in parallel; the rebuild runs the same apply script as the "
@@ -58,7 +63,7 @@ def _profile_lines(profiles: dict | None, cpu_cores: dict | None) -> list[str]:
     lines = []
     if cpu_cores:
         used = ", ".join(f"{service} {cores:.2f}" for service, cores in cpu_cores.items())
-        lines.append(f"  - CPU cores used during the phase (1.00 is one core kept busy): {used}.")
+        lines.append(f"  - CPU cores used during the phase (1.00 is one core kept busy; the machine has {os.cpu_count()}): {used}.")
     for service, summary in (profiles or {}).items():
         if "error" in summary:
             lines.append(f"  - {service}: not profiled ({summary['error']})")
@@ -107,42 +112,62 @@ def _missed(results: dict, rows: list[Row]) -> list[str]:
             )
             out += ["  " + line for line in profile_lines]
         if key == "rebuild":
-            profile_lines = _profile_lines({"rebuild (in the harness)": results.get("rebuild", {}).get("profile", {"error": "not recorded"})}, None)
+            profile_lines = _profile_lines({"rebuild (in the harness)": (results.get("rebuild") or {}).get("profile", {"error": "not recorded"})}, None)
             out.append("  What bounds it (py-spy at 100 Hz, the first seconds of the rebuild):")
             out += ["  " + line for line in profile_lines]
         out.append(f"  Next step: {NEXT_STEPS[key]}")
     return out or ["Every figure with a target met it in this run."]
 
 
-def _details(results: dict) -> list[str]:
+def _pair(section: dict | None, name: str) -> str:
+    values = (section or {}).get(name) or {}
+    return f"{_fmt(values.get('p50_ms'))} | {_fmt(values.get('p99_ms'))}"
+
+
+def _consumer_details(results: dict) -> list[str]:
     out = ["### Consumers alone (pre-filled stream)", "", "| Group | Consumers | Entries | Seconds | Events/s |", "|---|---:|---:|---:|---:|"]
     for run in results.get("consumers", []):
         out.append(f"| {run['service']} | {run['consumers']} | {_fmt(run['entries'])} | {_fmt(run['seconds'])} | {_fmt(run['events_per_s'])} |")
+    return out
+
+
+def _end_to_end_details(results: dict) -> list[str]:
     e2e = results.get("end_to_end") or {}
-    out += [
-        "",
+    backlog = ", ".join(str(count) for _second, count in e2e.get("backlog_samples", []))
+    return [
         "### End to end with batches of 100",
         "",
         f"{_fmt(e2e.get('events_accepted'))} events accepted in a {_fmt(e2e.get('post_window_s'))} s posting window "
         f"({_fmt(e2e.get('ingest_events_per_s'))} events/s at ingest, POST p50 {_fmt(e2e.get('request_p50_ms'))} ms, "
         f"p99 {_fmt(e2e.get('request_p99_ms'))} ms); both groups had acknowledged the last one "
         f"{_fmt(e2e.get('end_to_end_s'))} s after the first POST. Backlog (lag plus pending of the slower group) "
-        f"each second: {', '.join(str(count) for _t, count in e2e.get('backlog_samples', []))}.",
-        "",
+        f"each second: {backlog}.",
+    ]
+
+
+def _push_details(results: dict) -> list[str]:
+    out = [
         "### POST-to-push latency",
         "",
         "| Offered events/s | Achieved events/s | Probes pushed / sent | p50 ms | p95 ms | p99 ms | POST p99 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in results.get("push_latency", []):
+    paced = results.get("push_latency_paced")
+    for run in [*results.get("push_latency", []), *([paced] if paced else [])]:
+        offered = _fmt(run["rate_per_s"])
+        if "max_updates_per_s" in run:
+            offered += f" (pushes paced at {run['max_updates_per_s']}/s)"
         out.append(
-            f"| {_fmt(run['rate_per_s'])} | {_fmt(run['achieved_events_per_s'])} | {run['probes_pushed']} / {run['probes']} | "
+            f"| {offered} | {_fmt(run['achieved_events_per_s'])} | {run['probes_pushed']} / {run['probes']} | "
             f"{_fmt(run['p50_ms'])} | {_fmt(run['p95_ms'])} | {_fmt(run['p99_ms'])} | {_fmt(run['post_p99_ms'])} |"
         )
+    return out
+
+
+def _baseline_details(results: dict) -> list[str]:
     naive = results.get("naive_postgres") or {}
-    reads = results.get("reads") or {}
-    out += [
-        "",
+    reads = results.get("reads")
+    return [
         "### Reads against the naive PostgreSQL design",
         "",
         f"Same {_fmt(naive.get('rows'))} athletes. PostgreSQL table `(user_id primary key, score)` with an index on "
@@ -150,33 +175,50 @@ def _details(results: dict) -> list[str]:
         "",
         "| Query | p50 ms | p99 ms |",
         "|---|---:|---:|",
-        f"| Rankstream: one athlete's rank with neighbours, over HTTP | {_fmt(reads.get('rank_with_neighbours', {}).get('p50_ms'))} | {_fmt(reads.get('rank_with_neighbours', {}).get('p99_ms'))} |",
-        f"| Rankstream: top-100, over HTTP | {_fmt(reads.get('top_100', {}).get('p50_ms'))} | {_fmt(reads.get('top_100', {}).get('p99_ms'))} |",
-        f"| PostgreSQL: `count(*)` of better scores + 1 | {_fmt(naive.get('count_better', {}).get('p50_ms'))} | {_fmt(naive.get('count_better', {}).get('p99_ms'))} |",
-        f"| PostgreSQL: `RANK() OVER (ORDER BY score DESC)`, one athlete | {_fmt(naive.get('rank_window', {}).get('p50_ms'))} | {_fmt(naive.get('rank_window', {}).get('p99_ms'))} |",
-        f"| PostgreSQL: top-100 with `RANK()` | {_fmt(naive.get('top_100', {}).get('p50_ms'))} | {_fmt(naive.get('top_100', {}).get('p99_ms'))} |",
+        f"| Rankstream: one athlete's rank with neighbours, over HTTP | {_pair(reads, 'rank_with_neighbours')} |",
+        f"| Rankstream: top-100, over HTTP | {_pair(reads, 'top_100')} |",
+        f"| PostgreSQL: `count(*)` of better scores + 1 | {_pair(naive, 'count_better')} |",
+        f"| PostgreSQL: `RANK() OVER (ORDER BY score DESC)`, one athlete | {_pair(naive, 'rank_window')} |",
+        f"| PostgreSQL: top-100 with `RANK()` | {_pair(naive, 'top_100')} |",
     ]
+
+
+def _memory_details(results: dict) -> list[str]:
     memory = results.get("memory") or {}
-    out += [
-        "",
+    return [
         "### Memory per item (Valkey `MEMORY USAGE`, all elements sampled)",
         "",
         f"- Board period sorted set: {_fmt(memory.get('bytes_per_athlete_scores'))} bytes per athlete ({_fmt(memory.get('athletes'))} athletes).",
         f"- Applied event ids of a board period: {_fmt(memory.get('bytes_per_applied_event_id'))} bytes per event ({_fmt(memory.get('applied_ids'))} ids).",
-        f"- Events stream: {_fmt(memory.get('bytes_per_stream_entry_limit_payload'))} bytes per entry with a 200-byte event (raw Valkey phase); "
+        f"- Events stream: {_fmt(memory.get('bytes_per_stream_entry_limit_payload'))} bytes per entry with the raw Valkey phase's event; "
         f"{_fmt(memory.get('bytes_per_stream_entry'))} bytes per entry in the live stream at the end ({_fmt(memory.get('stream_entries'))} entries).",
         f"- De-duplication key: {_fmt(memory.get('bytes_per_seen_key'))} bytes per accepted event id, kept for the TTL.",
     ]
-    limits = (results.get("limits") or {}).get("valkey") or {}
-    out += ["", "### Raw limits", ""]
-    for name, item in limits.items():
+
+
+def _limit_details(results: dict) -> list[str]:
+    out = ["### Raw limits", ""]
+    for name, item in ((results.get("limits") or {}).get("valkey") or {}).items():
         rate = item.get("events_per_s") or item.get("reads_per_s")
-        out.append(f"- Valkey, {name.replace('_', ' ')}: {_fmt(item['commands'])} commands in {_fmt(item['seconds'])} s with `valkey-cli --pipe` = {_fmt(rate)} per second, {item['errors']} errors.")
+        out.append(
+            f"- Valkey, {name.replace('_', ' ')}: {_fmt(item['commands'])} commands in {_fmt(item['seconds'])} s "
+            f"with `valkey-cli --pipe` = {_fmt(rate)} per second, {item['errors']} errors."
+        )
     copy = (results.get("limits") or {}).get("postgres_copy") or {}
-    out.append(f"- PostgreSQL COPY into the events table (primary key and two indexes): {_fmt(copy.get('rows'))} rows in {_fmt(copy.get('seconds'))} s = {_fmt(copy.get('rows_per_s'))} rows/s.")
+    out.append(
+        f"- PostgreSQL COPY into the events table with its indexes: {_fmt(copy.get('rows'))} rows in "
+        f"{_fmt(copy.get('seconds'))} s = {_fmt(copy.get('rows_per_s'))} rows/s."
+    )
     fanout = results.get("fanout")
     if fanout is not None:
-        out += ["", "### WebSocket fan-out script", "", f"`{fanout.get('script')}` exited with {fanout.get('exit_code', fanout.get('error'))}; its own section below has its figures."]
+        out += ["", f"The WebSocket fan-out script `{fanout.get('script')}` exited with {fanout.get('exit_code', fanout.get('error'))}; its own section below has its figures."]
+    return out
+
+
+def _details(results: dict) -> list[str]:
+    out: list[str] = []
+    for part in (_consumer_details, _end_to_end_details, _push_details, _baseline_details, _memory_details, _limit_details):
+        out += [*part(results), ""]
     return out
 
 
@@ -194,6 +236,10 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
     if results["mode"] != "full":
         lines += ["**Quick mode: about a tenth of the data. These figures are for development, not for comparison.**", ""]
     lines += ["## Summary", "", markdown_table(rows), ""]
+    if results.get("errors"):
+        lines += ["Phases that failed in this run, so their figures show as '-':", ""]
+        lines += [f"- `{name}`: {error}" for name, error in results["errors"].items()]
+        lines += [""]
     if plot is not None:
         lines += [f"![Latency against load]({plot.name})", ""]
     lines += [

@@ -70,6 +70,8 @@ SIZES = {
     },
 }
 FANOUT_TIMEOUT_S = 420
+# A second gateway paces pushes ten times faster than the default, to show what the pacing costs.
+PACED_UPDATES_PER_S = 100
 
 
 def machine() -> dict:
@@ -122,11 +124,16 @@ def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
 async def _profiled(cluster: Cluster, services: list[str], seconds: int, work) -> tuple[dict, dict]:
     """Run ``work`` while py-spy samples ``services`` for ``seconds``; return its result and the profiles.
 
-    The result gains ``cpu_cores``: CPU seconds each service used per second of
-    the phase, where 1.0 is one core kept busy.
+    The result gains ``cpu_cores``: CPU seconds each service, Valkey and this
+    harness (the load generator) used per second of the phase, where 1.0 is one
+    core kept busy.
     """
     pids = {service: cluster.service_pid(service) for service in SERVICES}
+    pids["valkey"] = cluster.valkey_pid()
+    pids["load generator"] = os.getpid()
     recorders = {service: asyncio.create_task(profile.record(pids[service], seconds)) for service in services if pids.get(service)}
+    # Let py-spy attach before the phase starts, so its start-up is not part of the phase.
+    await asyncio.sleep(0.5 if recorders else 0)
     cpu_before, wall_before = _cpu_seconds(pids), time.perf_counter()
     result = await work
     cpu_after, wall = _cpu_seconds(pids), time.perf_counter() - wall_before
@@ -143,90 +150,136 @@ async def _rebuild_profiled(cluster: Cluster, seconds: int) -> dict:
     return result
 
 
+class Phases:
+    """Runs phases in order; a phase that fails is logged and recorded, and the run goes on without its figures."""
+
+    def __init__(self) -> None:
+        self.results: dict = {"profiles": {}, "errors": {}}
+
+    async def run(self, name: str, awaitable, default=None):
+        try:
+            return await awaitable
+        except Exception as error:  # noqa: BLE001 - one broken phase must not lose the figures of the others
+            log(f"phase {name} failed: {error!r}")
+            self.results["errors"][name] = repr(error)[:500]
+            return default
+
+
 async def run_phases(cluster: Cluster, sizes: dict, work_dir: Path) -> dict:
-    results: dict = {"profiles": {}}
+    phases = Phases()
+    results = phases.results
     athletes = sizes["athletes"]
+    drain_s = sizes["drain_timeout_s"]
+    no_profile = (None, {})
 
     log(f"COPY of {athletes:,} events into PostgreSQL")
-    results.setdefault("limits", {})["postgres_copy"] = await data_phases.copy_events(cluster, athletes=athletes)
+    results["limits"] = {"postgres_copy": await phases.run("copy", data_phases.copy_events(cluster, athletes=athletes))}
 
     log("rebuild of the board from PostgreSQL")
-    results["rebuild"] = await _rebuild_profiled(cluster, sizes["profile_s"])
+    results["rebuild"] = await phases.run("rebuild", _rebuild_profiled(cluster, sizes["profile_s"]))
     results["board"] = await data_phases.fill_board(cluster, athletes=athletes)
     scores_key = results["board"]["key"]
 
     log("raw Valkey throughput with valkey-cli --pipe")
-    names_key = "rs:users:names"
-    results["limits"]["valkey"] = await asyncio.to_thread(
-        limits.raw_valkey, cluster.redis_port, events=sizes["pipe_events"], reads=sizes["pipe_reads"], athletes=athletes,
-        scores_key=scores_key, names_key=names_key,
+    results["limits"]["valkey"] = await phases.run(
+        "valkey",
+        asyncio.to_thread(
+            limits.raw_valkey, cluster.redis_port, events=sizes["pipe_events"], reads=sizes["pipe_reads"], athletes=athletes,
+            scores_key=scores_key, names_key="rs:users:names",
+        ),
     )
     limit_stream_bytes = await _limit_stream_bytes(cluster)
     await _remove_limit_keys(cluster)
 
     log("naive PostgreSQL baseline")
-    results["naive_postgres"] = await data_phases.naive_postgres(
-        cluster, count_queries=sizes["naive_count_queries"], rank_queries=sizes["naive_rank_queries"], athletes=athletes
+    results["naive_postgres"] = await phases.run(
+        "naive_postgres",
+        data_phases.naive_postgres(cluster, count_queries=sizes["naive_count_queries"], rank_queries=sizes["naive_rank_queries"], athletes=athletes),
     )
 
     log("HTTP reads on the large board")
-    results["reads"], results["profiles"]["reads"] = await _profiled(
-        cluster, ["ingest"], sizes["profile_s"],
-        data_phases.http_reads(cluster, athletes=athletes, concurrency=sizes["read_concurrency"], duration_s=sizes["read_s"]),
+    results["reads"], results["profiles"]["reads"] = await phases.run(
+        "reads",
+        _profiled(
+            cluster, ["ingest"], sizes["profile_s"],
+            data_phases.http_reads(cluster, athletes=athletes, concurrency=sizes["read_concurrency"], duration_s=sizes["read_s"]),
+        ),
+        no_profile,
     )
 
     log("HTTP ingest, one event per request")
-    single, profiles = await _profiled(
-        cluster, ["ingest"], sizes["profile_s"],
-        ingest_phases.single_events(cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, tag="single"),
+    results["ingest_single"], results["profiles"]["ingest_single"] = await phases.run(
+        "ingest_single",
+        _profiled(
+            cluster, ["ingest"], sizes["profile_s"],
+            ingest_phases.single_events(cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, tag="single"),
+        ),
+        no_profile,
     )
-    results["ingest_single"] = single
-    results["profiles"]["ingest_single"] = profiles
-    await ingest_phases.settle(cluster, sizes["drain_timeout_s"])
+    await ingest_phases.settle(cluster, drain_s)
 
     log("HTTP ingest, one event per request, second ingest process with RANKSTREAM_DURABILITY=relaxed")
-    results["ingest_single_relaxed"] = await ingest_phases.single_events_relaxed(
-        cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, log_dir=work_dir
+    results["ingest_single_relaxed"] = await phases.run(
+        "ingest_single_relaxed",
+        ingest_phases.single_events_relaxed(cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, log_dir=work_dir),
     )
-    await ingest_phases.settle(cluster, sizes["drain_timeout_s"])
+    await ingest_phases.settle(cluster, drain_s)
 
     log("batches of 100, end to end")
-    e2e, profiles = await _profiled(
-        cluster, ["ingest", "ranker", "persister"], sizes["profile_s"],
-        ingest_phases.batches_end_to_end(
-            cluster, batch_size=sizes["batch_size"], concurrency=sizes["batch_concurrency"], duration_s=sizes["batch_s"],
-            athletes=athletes, drain_timeout_s=sizes["drain_timeout_s"],
+    results["end_to_end"], results["profiles"]["end_to_end"] = await phases.run(
+        "end_to_end",
+        _profiled(
+            cluster, ["ingest", "ranker", "persister"], sizes["profile_s"],
+            ingest_phases.batches_end_to_end(
+                cluster, batch_size=sizes["batch_size"], concurrency=sizes["batch_concurrency"], duration_s=sizes["batch_s"],
+                athletes=athletes, drain_timeout_s=drain_s,
+            ),
         ),
+        no_profile,
     )
-    results["end_to_end"] = e2e
-    results["profiles"]["end_to_end"] = profiles
-    await ingest_phases.settle(cluster, sizes["drain_timeout_s"])
+    await ingest_phases.settle(cluster, drain_s)
 
     results["push_latency"] = []
     for rate in sizes["rates"]:
         log(f"POST-to-push latency at {rate:,} events/s")
-        run, profiles = await _profiled(
-            cluster, ["gateway"] if rate == 2000 else [], sizes["profile_s"],
-            ingest_phases.push_latency(cluster, rate_per_s=rate, duration_s=sizes["latency_s"], athletes=athletes, tag=f"lat{rate}"),
+        run, profiles = await phases.run(
+            f"push_latency_{rate}",
+            _profiled(
+                cluster, ["gateway"] if rate == 2000 else [], sizes["profile_s"],
+                ingest_phases.push_latency(cluster, rate_per_s=rate, duration_s=sizes["latency_s"], athletes=athletes, tag=f"lat{rate}"),
+            ),
+            no_profile,
         )
-        results["push_latency"].append(run)
+        if run is not None:
+            results["push_latency"].append(run)
         if profiles:
             results["profiles"]["push_latency_2000"] = profiles
-        await ingest_phases.settle(cluster, sizes["drain_timeout_s"])
+        await ingest_phases.settle(cluster, drain_s)
 
-    results["memory"] = await data_phases.memory_sizing(cluster, scores_key)
+    log(f"POST-to-push latency at 2,000 events/s through a gateway with RANKSTREAM_WS_MAX_UPDATES_PER_S={PACED_UPDATES_PER_S}")
+    results["push_latency_paced"] = await phases.run(
+        "push_latency_paced",
+        ingest_phases.push_latency_paced(
+            cluster, updates_per_s=PACED_UPDATES_PER_S, rate_per_s=2000, duration_s=sizes["latency_s"], athletes=athletes, log_dir=work_dir
+        ),
+    )
+    await ingest_phases.settle(cluster, drain_s)
+
+    results["memory"] = await phases.run("memory", data_phases.memory_sizing(cluster, scores_key), {})
     results["memory"]["bytes_per_stream_entry_limit_payload"] = limit_stream_bytes
 
     results["consumers"] = []
     for service in ("ranker", "persister"):
         for count in sizes["consumer_counts"]:
             log(f"{service} alone with {count} consumer(s)")
-            results["consumers"].append(
-                await consumer_phases.drain_run(
-                    cluster, service=service, consumers=count, entries=sizes["consumer_entries"], athletes=athletes,
-                    log_dir=work_dir, timeout_s=sizes["drain_timeout_s"],
-                )
+            run = await phases.run(
+                f"{service}_{count}",
+                consumer_phases.drain_run(
+                    cluster, service=service, consumers=count, entries=sizes["consumer_entries"], athletes=athletes, log_dir=work_dir, timeout_s=drain_s
+                ),
             )
+            if run is not None:
+                results["consumers"].append(run)
     return results
 
 
