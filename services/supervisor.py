@@ -61,6 +61,7 @@ def print_banner(settings: Settings) -> None:
 Rankstream is running.
   HTTP API   {http}   (GET {http}/v1/boards)
   WebSocket  {ws}
+  Live page  {http}/
   Data dir   {settings.data_dir.resolve()}
 
 Create a key in another terminal (same directory):

@@ -1,4 +1,4 @@
-"""Who may connect and what they may follow: signed tokens and the origin allow-list. No I/O here.
+"""Access checks of the handshake: signed tokens naming the boards a client may follow, and the origin allow-list. No I/O here.
 
 With ``RANKSTREAM_WS_JWT_SECRET`` set, every connection needs a JWT signed with
 HS256 under that secret, with an ``exp`` claim and a ``boards`` claim listing the
@@ -16,7 +16,7 @@ ALGORITHMS = ["HS256"]
 
 
 class AccessError(Exception):
-    """A handshake that must be rejected; ``status`` is the HTTP status to answer with."""
+    """A rejected handshake; ``status`` is the HTTP status of the response."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -26,7 +26,7 @@ class AccessError(Exception):
 
 @dataclass(frozen=True)
 class Grant:
-    """What one connection may follow; ``boards`` None means every board, ``expires_at`` is a Unix time."""
+    """The boards one connection may follow (None for every board) and its token's expiry as a Unix time."""
 
     boards: frozenset[str] | None = None
     expires_at: float | None = None

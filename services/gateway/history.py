@@ -4,8 +4,8 @@ The ranker numbers the updates of each board period 1, 2, 3, ... (``BoardUpdate.
 The gateway keeps the latest updates it received, so a subscription that has seen
 everything up to ``seq`` can be given exactly the changes after it. Redis pub/sub
 drops messages while a subscriber is disconnected, so a jump in the numbers means
-updates were lost: the history then restarts at the new number and anyone older
-gets a fresh snapshot instead of an incomplete list of changes.
+updates were lost. The history then restarts at the new number, and a subscription
+behind it gets a fresh snapshot instead of an incomplete list of changes.
 """
 
 from __future__ import annotations

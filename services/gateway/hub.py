@@ -10,7 +10,7 @@ BoardPeriod = tuple[str, str]
 
 @dataclass(frozen=True)
 class View:
-    """What a subscription shows: a board period's top N and optionally one athlete with neighbours.
+    """The content of a subscription: a board period's top N and optionally one athlete with neighbours.
 
     Subscriptions with equal views share one read of Redis and one encoded body per push.
     ``group`` names a group board of ``board`` when set.
@@ -49,7 +49,7 @@ class Subscription:
 
 @dataclass
 class ViewState:
-    """What the last push of a view showed, to tell whether the top N changed and who overtook whom."""
+    """The state a view's last push showed, to tell whether the top N changed and who overtook whom."""
 
     top: list[tuple[str, int, Any]] = field(default_factory=list)
     score: float | int | None = None

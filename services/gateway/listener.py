@@ -43,7 +43,7 @@ def board_period_of(update: BoardUpdate) -> BoardPeriod:
 
 
 class Listener:
-    """Feeds every rank-change message into ``history`` and tells ``on_change`` which board period moved.
+    """Feeds every rank-change message into ``history`` and calls ``on_change`` with the board period that moved.
 
     ``on_change(board_period, final)`` is called for each new update and for each
     gap found; ``final`` is True for the message that closes a period.

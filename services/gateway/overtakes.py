@@ -1,7 +1,7 @@
 """Who passed the followed athlete, and whom they passed, between two pushes. No I/O here.
 
 Seen from the followed athlete A: A ``passed`` B when B was ahead of or level with
-A before and is strictly behind A now; A was ``passed_by`` B when B was behind or
+A before and is strictly behind A now. A was ``passed_by`` B when B was behind or
 level before and is strictly ahead now. An athlete without a score is behind
 everyone. Moving into a tie is not an overtake.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from shared.boards import Board, Operator, Order
 
-# The most athletes named per direction in one overtake message; the rest are counted.
+# Maximum athletes named per direction in one overtake message; the rest are counted.
 MAX_NAMED = 20
 
 Score = float | int
@@ -58,7 +58,7 @@ def find_overtakes(
 ) -> Overtakes:
     """Compare the followed athlete with each ``(user_id, old_score, new_score)`` of ``moves``.
 
-    ``moves`` holds the athletes whose scores changed and those who kept their score
+    ``moves`` contains the athletes whose scores changed and those who kept their score
     but lie between the followed athlete's old and new score.
     """
     found = Overtakes()

@@ -95,7 +95,7 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
 
 
 def _validation_error(data: str, error: msgspec.ValidationError) -> ProtocolError:
-    # The probe cannot fail: the text already decoded as JSON once.
+    # The text parsed as JSON before validation failed, so only a non-object fails here.
     try:
         probe = _type_probe.decode(data)
     except msgspec.ValidationError:

@@ -24,7 +24,7 @@ class Rendered:
 
 
 def ranking_board(board: Board, group: str | None) -> Board:
-    """Return ``board`` renamed to the ranking that holds a group's scores, for the standings reads.
+    """Return ``board`` renamed to the ranking that contains a group's scores, for the standings reads.
 
     NOTE: the standings reads take a Board and use its id as the ranking name, so a
     group ranking is read through a copy whose id is ``board/group``.

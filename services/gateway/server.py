@@ -18,6 +18,7 @@ from http import HTTPStatus
 import msgspec
 import redis.asyncio as redis
 import structlog
+from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -42,6 +43,9 @@ log = structlog.get_logger(__name__)
 
 WS_PATH = "/v1/ws"
 STATS_PATH = "/v1/gateway/stats"
+# Snapshot reads at once; more subscribes wait their turn instead of
+# exhausting the Redis connection pool during a reconnect storm.
+SNAPSHOT_CONCURRENCY = 32
 
 
 def utc_now() -> datetime:
@@ -77,6 +81,7 @@ class Gateway:
         self.clients: set[Client] = set()
         self.connections_by_ip: Counter[str] = Counter()
         self.grants: weakref.WeakKeyDictionary[ServerConnection, Grant] = weakref.WeakKeyDictionary()
+        self.snapshot_slots = asyncio.Semaphore(SNAPSHOT_CONCURRENCY)
 
     def _board(self, board_id: str) -> Board | None:
         # Looked up on each push: the registry may be replaced while running.
@@ -259,6 +264,11 @@ class Gateway:
         self.hub.add(subscription)
         try:
             await self._send_snapshot(board, subscription, message.since)
+        except (RedisError, OSError) as error:
+            client.subscriptions.pop(message.id, None)
+            self.hub.remove(subscription)
+            log.warning("snapshot read failed", subscription_id=message.id, board=view.board, error=str(error))
+            raise ProtocolError("unavailable", "the leaderboard store did not answer; subscribe again in a few seconds", message.id) from None
         except BaseException:
             client.subscriptions.pop(message.id, None)
             self.hub.remove(subscription)
@@ -269,10 +279,11 @@ class Gateway:
         view = subscription.view
 
         # Read the counter before the state, so the state is at least as new as the seq sent.
-        counter = int(await self.client.get(self.names.board_seq(view.board_key, view.period)) or 0)
-        history = self.history.ensure(view.board_period, counter)
-        resumed, seq, changes = plan_resume(since, counter, history)
-        rendered = (await self.pusher.renderer.read(board, [view]))[view]
+        async with self.snapshot_slots:
+            counter = int(await self.client.get(self.names.board_seq(view.board_key, view.period)) or 0)
+            history = self.history.ensure(view.board_period, counter)
+            resumed, seq, changes = plan_resume(since, counter, history)
+            rendered = (await self.pusher.renderer.read(board, [view]))[view]
 
         body = {
             "board": view.board,
