@@ -33,6 +33,21 @@ FAULT_ENV = {
     "RANKSTREAM_LOG_LEVEL": "info",
 }
 
+# A deferred trigger runs at COMMIT, after the INSERT. It sleeps for commit_delay.delay_s when the
+# transaction inserted a row of the athlete 'slow-commit', so a test can hold that COMMIT open.
+SLOW_COMMIT_SQL = """
+CREATE TABLE commit_delay (delay_s double precision NOT NULL);
+INSERT INTO commit_delay VALUES (30);
+CREATE FUNCTION delay_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep((SELECT max(delay_s) FROM commit_delay));
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER events_delay_commit AFTER INSERT ON events
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.user_id = 'slow-commit')
+    EXECUTE FUNCTION delay_commit();
+"""
+
 SUM_BOARD = "pushups-weekly"
 SUM_METRIC = "pushups"
 

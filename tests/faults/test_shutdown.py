@@ -11,8 +11,17 @@ import redis.asyncio as redis
 
 from shared.names import PERSISTER_GROUP, Names
 from shared.settings import Settings
-from tests.faults.support import FAULT_ENV, Poster, PostOutcome, group_backlog, occurred_now, pushups, report, stored_event_ids
-from tests.faults.test_small_cases import SLOW_COMMIT_SQL
+from tests.faults.support import (
+    FAULT_ENV,
+    SLOW_COMMIT_SQL,
+    Poster,
+    PostOutcome,
+    group_backlog,
+    occurred_now,
+    pushups,
+    report,
+    stored_event_ids,
+)
 from tests.helpers import new_key, wait_for, wait_healthy
 from tests.processes import service_processes
 

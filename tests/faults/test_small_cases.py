@@ -20,6 +20,7 @@ from shared.settings import Settings
 from shared.stream import StreamConsumer, encode_entry
 from tests.faults.support import (
     FAULT_ENV,
+    SLOW_COMMIT_SQL,
     Poster,
     PostOutcome,
     acl_user_without_xack,
@@ -206,18 +207,6 @@ async def test_rejected_row_dead_lettered(settings: Settings, redis_client: redi
         assert services.log_text("persister").count('"event": "entry moved to dead-letter stream"') == 1
 
 
-SLOW_COMMIT_SQL = """
-CREATE TABLE commit_delay (delay_s double precision NOT NULL);
-INSERT INTO commit_delay VALUES (30);
-CREATE FUNCTION delay_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_sleep((SELECT max(delay_s) FROM commit_delay));
-    RETURN NULL;
-END $$;
-CREATE CONSTRAINT TRIGGER events_delay_commit AFTER INSERT ON events
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.user_id = 'slow-commit')
-    EXECUTE FUNCTION delay_commit();
-"""
 
 
 def _stream_event(event_id: str, user_id: str, value: int) -> StreamEvent:
