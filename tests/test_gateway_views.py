@@ -91,10 +91,19 @@ async def test_group_board_and_final_message(settings: Settings, redis_client, t
         assert (update["type"], update["group"], update["seq"]) == ("update", "team-a", 1)
         assert update["entries"] == [{"rank": 1, "user_id": "a1", "score": 10, "display_name": None}]
 
-        await publish("team-a", 2, "a1", 10, final=True)
-        final = await client.recv()
-        assert final == {
-            "type": "final", "id": "g", "board": "team-pushups", "period": "all", "group": "team-a", "seq": 2,
-            "entries": [{"rank": 1, "user_id": "a1", "score": 10, "display_name": None}], "standing": None,
+        # A last change and the closing message in quick succession: the change is
+        # delivered, then the final standings.
+        await publish("team-a", 2, "a2", 20)
+        await publish("team-a", 3, "a2", 20, final=True)
+        received = await client.recv_until(lambda m: m["type"] == "final")
+        assert [m["type"] for m in received[:-1]] == ["update"] * (len(received) - 1)
+        assert [c["user_id"] for m in received[:-1] for c in m["changes"]] == ["a2"]
+        assert received[-1] == {
+            "type": "final", "id": "g", "board": "team-pushups", "period": "all", "group": "team-a", "seq": 3,
+            "entries": [
+                {"rank": 1, "user_id": "a2", "score": 20, "display_name": None},
+                {"rank": 2, "user_id": "a1", "score": 10, "display_name": None},
+            ],
+            "standing": None,
         }
-        assert await redis_client.get(names.board_seq(ranking, "all")) == b"2"
+        assert await redis_client.get(names.board_seq(ranking, "all")) == b"3"

@@ -32,6 +32,7 @@ from services.gateway.protocol import CloseCode
 from services.gateway.render import Rendered, Renderer
 from shared.boards import Board
 from shared.metrics import WEBSOCKET_MESSAGES_CONFLATED, WEBSOCKET_SLOW_CLIENTS_CLOSED
+from shared.metrics import WEBSOCKET_MESSAGES_CONFLATED, WEBSOCKET_SLOW_CLIENTS_CLOSED
 
 log = structlog.get_logger(__name__)
 
@@ -155,6 +156,11 @@ class Pusher:
             changes = history.changes_since(seq)
             common: dict[str, Any] = {"board": view.board, "period": view.period, "group": view.group, "seq": latest}
             if final:
+                if changes:
+                    # Changes that arrived in the same interval as the closing message go out first.
+                    update = {**common, "top_changed": top_changed, "entries": entries, "standing": standing, "changes": changes}
+                    self._send_group("update", messages.encode(update), group, latest, view, overtakes)
+                    overtakes = Overtakes()
                 kind, body = "final", {**common, "entries": entries, "standing": standing}
             elif changes is None:
                 kind, body = "snapshot", {**common, "resumed": False, "entries": entries, "standing": standing, "changes": []}
@@ -191,6 +197,7 @@ class Pusher:
                 self.stats.max_buffered_bytes = max(self.stats.max_buffered_bytes, buffered)
                 if buffered > self.config.high_water_bytes:
                     # Skipped: it stays behind and gets one conflated message later.
+                    WEBSOCKET_MESSAGES_CONFLATED.inc()
                     WEBSOCKET_MESSAGES_CONFLATED.inc()
                     if client.slow_since is None:
                         client.slow_since = loop_time
@@ -252,6 +259,7 @@ class Pusher:
             self.slow_clients.discard(client)
             client.closing = True
             self.stats.slow_closed += 1
+            WEBSOCKET_SLOW_CLIENTS_CLOSED.inc()
             WEBSOCKET_SLOW_CLIENTS_CLOSED.inc()
             log.warning(
                 "slow client closed",
