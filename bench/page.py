@@ -45,7 +45,10 @@ NEXT_STEPS = {
         "Replay in larger batches and several periods in parallel; the rebuild runs the same apply script as the "
         "ranker, so its limit is the raw ranker command rate shown beside it."
     ),
-    "fanout": "Run the fan-out script on its own; see its section.",
+    "fanout": (
+        "A size counts as served when every client received the last update and the gateway closed none. The "
+        "fan-out section below gives the delivery latency and the gateway's CPU at each size."
+    ),
 }
 
 
@@ -246,6 +249,8 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "## Machine and sizes",
         "",
         f"- {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB memory, Python {machine['python']}, {machine['platform']}.",
+        f"- Load average (1, 5, 15 minutes) just before the run: {', '.join(str(value) for value in machine.get('load_average_before', []))}; "
+        "anything above zero is other work that shared the cores.",
         "- Everything runs on this one machine at once: embedded Valkey and PostgreSQL (from `rankstream up`), the four "
         "services and the load generator, so each figure includes the competition for the same cores.",
         f"- Board: {_fmt(sizes['athletes'])} athletes; COPY, rebuild and the naive baseline use {_fmt(sizes['athletes'])} events, one per athlete.",

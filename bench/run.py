@@ -371,11 +371,14 @@ def main() -> None:
             log("stopping rankstream up")
             await asyncio.to_thread(stop_cluster, cluster)
 
+    load_before = [round(value, 2) for value in os.getloadavg()]
     results = runner(everything())
     results["fanout"] = None if args.skip_fanout else run_fanout(args.quick)
     results["mode"] = mode
     results["sizes"] = sizes
     results["machine"] = machine()
+    # Other work on the machine slows every figure; the load average before the run shows how much there was.
+    results["machine"]["load_average_before"] = load_before
     results["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results["duration_s"] = round(time.monotonic() - started, 1)
 
