@@ -201,6 +201,7 @@ def test_kubernetes_containers(manifests: list[dict]) -> None:
     for name in SERVICES:
         pod = of_kind(manifests, "Deployment")[f"rankstream-{name}"]["spec"]["template"]["spec"]
         (container,) = pod["containers"]
+        assert container["image"] == "rankstream:latest"
         assert container["args"] == [name]
         assert container["args"][0] in commands
         assert set(rankstream_variables([entry["name"] for entry in container["env"]])) - variables == set()
