@@ -163,7 +163,7 @@ async def test_key_hash_compared_constant_time(settings: Settings, redis_client,
 
 
 async def test_key_never_in_logs(settings: Settings, redis_client, tmp_path: Path) -> None:
-    """Keys passed, revoked, mistyped or created over HTTP and the CLI appear in no log line."""
+    """Keys passed, revoked, mistyped or created over HTTP and the CLI appear in no log line or audit row."""
     env = {**service_env(settings), "RANKSTREAM_LOG_LEVEL": "debug"}
     created = subprocess.run(
         [sys.executable, "-m", "services", "keys", "create", "--name", "cli-admin", "--kind", "admin"],
@@ -192,11 +192,19 @@ async def test_key_never_in_logs(settings: Settings, redis_client, tmp_path: Pat
         services.stop("ingest")
         ingest_log = services.log_text("ingest")
 
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        audit_text = "\n".join(await connection.fetchval("SELECT array_agg(audit_log::text) FROM audit_log"))
+    finally:
+        await connection.close()
+
     assert '"event": "audit"' in ingest_log
+    assert "key.create" in audit_text
     for secret in (admin_key, server_key, wrong_key, device["secret"]):
         assert secret not in ingest_log
         assert secret not in created.stderr
         assert secret.removeprefix("rsk_") not in ingest_log
+        assert secret.removeprefix("rsk_") not in audit_text
 
 
 async def test_unknown_key_flood_keeps_real_keys_cached(
