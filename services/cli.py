@@ -106,6 +106,14 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run_simulation(settings, athletes=args.athletes, rate=args.rate, duration_s=args.duration, key=args.key, seed=args.seed))
 
 
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from services.status import run_status
+
+    # Status reads only Redis, so a Redis URL alone is enough.
+    settings = settings if settings.redis_url else resolve_servers(settings)
+    return asyncio.run(run_status(settings, as_json=args.json))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rankstream", description="Real-time leaderboards for fitness apps.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -152,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     from services.import_command import add_import_parser
 
     add_import_parser(commands)
+
+    status = commands.add_parser("status", help="show consumer groups, stream length, dead letters, Redis memory and board periods")
+    status.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    status.set_defaults(handler=_status)
     return parser
 
 

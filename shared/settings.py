@@ -116,6 +116,8 @@ class Settings:
     persist_max_wait_ms: int = 100
     dedupe_ttl_s: int = 7 * 24 * 3600
     api_key_cache_ttl_s: int = 5
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
     durability: str = "aof"
     waitaof_timeout_ms: int = 5_000
     max_backlog: int = 1_000_000
@@ -176,6 +178,9 @@ class Settings:
             persist_max_wait_ms=_read_int(env, "RANKSTREAM_PERSIST_MAX_WAIT_MS", 100, 0, 60_000),
             dedupe_ttl_s=_read_int(env, "RANKSTREAM_DEDUPE_TTL_S", 7 * 24 * 3600, 7 * 24 * 3600, 366 * 24 * 3600),
             api_key_cache_ttl_s=_read_int(env, "RANKSTREAM_API_KEY_CACHE_TTL_S", 5, 0, 300),
+            metrics_host=env.get("RANKSTREAM_METRICS_HOST") or "127.0.0.1",
+            # Unset serves no probe listener in the ranker and persister; 0 binds a free port.
+            metrics_port=_read_int(env, "RANKSTREAM_METRICS_PORT", 0, 0, 65535) if env.get("RANKSTREAM_METRICS_PORT") else None,
             durability=durability,
             waitaof_timeout_ms=_read_int(env, "RANKSTREAM_WAITAOF_TIMEOUT_MS", 5_000, 1, 60_000),
             max_backlog=_read_int(env, "RANKSTREAM_MAX_BACKLOG", 1_000_000, 1, 1_000_000_000),

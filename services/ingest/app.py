@@ -19,6 +19,7 @@ from services.ingest.auth_failures import AuthFailureLimit
 from services.ingest.events import post_events
 from services.ingest.admin_keys import delete_key, get_keys, post_key
 from services.ingest.openapi import get_openapi
+from services.ingest.observe import add_probe_routes, ingest_probes, metrics_middleware
 from services.ingest.problems import problem
 from services.ingest.rate_limit import RateLimited, RateLimiter
 from services.ingest.rules import EventRules
@@ -86,7 +87,7 @@ def create_app(
     clock: Callable[[], datetime] = utc_now,
 ) -> web.Application:
     """Build the application around already opened clients; the caller closes them."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[problem_middleware])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[metrics_middleware, problem_middleware])
     names = Names(settings.namespace)
     app[SECURITY_KEY] = Security(
         rules=EventRules.build(boards.by_metric, settings.allowed_metrics, settings.metric_bounds, settings.max_clock_skew_s),
@@ -113,6 +114,7 @@ def create_app(
     add_admin_board_routes(app)
     add_visibility_routes(app)
     app.router.add_get("/healthz", healthz)
+    add_probe_routes(app, ingest_probes(client, pool, names))
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_post("/v1/admin/keys", post_key)
     app.router.add_get("/v1/admin/keys", get_keys)

@@ -19,6 +19,7 @@ from services.ingest.problems import problem
 from services.ingest.security import SECURITY_KEY
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
+from shared.metrics import record_event_outcomes
 from shared.schema import EventResult, ScoreEvent
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,7 @@ async def append_items(state: IngestState, items: Sequence[Item]) -> list[EventR
             results.append(EventResult(event_id=item.event_id, status="rejected", field=item.error.field, reason=item.error.reason))
         else:
             results.append(_result_of(item, next(outcomes)))
+    record_event_outcomes(results)
     return results
 
 

@@ -9,6 +9,8 @@ import structlog
 from services.persister.persister import Persister
 from shared.database import create_pool
 from shared.lifecycle import stop_on
+from shared.probe_server import serve_probes
+from shared.probes import consumer_probes
 from shared.names import PERSISTER_GROUP, Names
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -31,9 +33,12 @@ async def run_persister(settings: Settings, *, stop: asyncio.Event | None = None
         **consumer_options(settings, read_count=settings.persist_batch_size, batch_wait_ms=settings.persist_max_wait_ms),
     )
     stopper = stop_on(stop, consumer.stop)
+    probes = consumer_probes(client, Names(settings.namespace), consumer.joined, pool)
+    await probes.sampler.sample_at_start()
     log.info("persister started")
     try:
-        await consumer.run()
+        async with serve_probes(probes, settings.metrics_host, settings.metrics_port):
+            await consumer.run()
     finally:
         if stopper is not None:
             stopper.cancel()
