@@ -55,7 +55,8 @@ async def _replay(settings: Settings, ids: list[str]) -> int:
 
 
 def run_dlq(args: argparse.Namespace, settings: Settings) -> int:
-    settings = resolve_servers(settings)
+    # Dead letters live in Redis only, so a Redis URL alone is enough.
+    settings = settings if settings.redis_url else resolve_servers(settings)
     if args.dlq_command == "list":
         return asyncio.run(_list(settings, args.count))
     return asyncio.run(_replay(settings, args.ids))

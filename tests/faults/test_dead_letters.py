@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import redis.asyncio as redis
 
@@ -61,7 +65,7 @@ async def test_entry_that_kills_consumers_dead_lettered(settings: Settings, redi
 
 
 async def test_replay_reports_what_it_cannot_do(settings: Settings, redis_client: redis.Redis) -> None:
-    """Replay leaves alone an unknown id and a dead letter without payload, and says why."""
+    """Replay leaves alone an unknown id and a dead letter without payload, and reports why."""
     names = Names(settings.namespace)
     empty_id = (
         await redis_client.xadd(
@@ -77,3 +81,30 @@ async def test_replay_reports_what_it_cannot_do(settings: Settings, redis_client
     assert replays[1].reason == "the entry was deleted from the events stream before it failed; nothing to replay"
     assert await redis_client.xlen(names.dead_letter_stream) == 1
     assert await redis_client.xlen(names.events_stream) == 0
+
+
+async def test_dlq_command_needs_only_redis(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> None:
+    """``rankstream dlq`` works with a Redis URL alone and exits 1 when a replay cannot be done."""
+    names = Names(settings.namespace)
+    letter_id = (
+        await redis_client.xadd(
+            names.dead_letter_stream,
+            {b"source_id": b"1-1", b"group": b"ranker", b"event": b"", b"error": b"entry deleted from the stream while pending", b"deliveries": b"2"},
+        )
+    ).decode()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RANKSTREAM_")}
+    env.update(RANKSTREAM_REDIS_URL=settings.redis_url, RANKSTREAM_NAMESPACE=settings.namespace, RANKSTREAM_DATA_DIR=str(tmp_path))
+
+    def rankstream(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services", *args], env=env, capture_output=True, text=True, timeout=60)
+
+    listed = rankstream("dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == (
+        f"{letter_id}\tgroup=ranker\tsource_id=1-1\tevent_id=-\tdeliveries=2\terror=entry deleted from the stream while pending\n"
+    )
+
+    replayed = rankstream("dlq", "replay", letter_id)
+    assert replayed.returncode == 1
+    assert f"{letter_id}: not replayed: the entry was deleted from the events stream before it failed; nothing to replay" in replayed.stderr
+    assert replayed.stdout == "replayed 0 of 1 dead letters\n"

@@ -1,4 +1,4 @@
-"""Ingest's 503 answers when it cannot promise durability: no append-only file, and no Redis at all."""
+"""Ingest's 503 responses when it cannot promise durability: no append-only file, and no Redis at all."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ PROBLEM_TYPE = "urn:rankstream:problem:"
 
 
 async def test_no_append_only_file_not_durable(settings: Settings, tmp_path: Path) -> None:
-    """Without an append-only file the default mode answers 503 not-durable, and a retry later is a duplicate."""
+    """Without an append-only file the default mode responds 503 not-durable, and a retry later is a duplicate."""
     valkey = EmbeddedValkey(tmp_path / "valkey")
     await asyncio.to_thread(valkey.start)
     client = redis.Redis.from_url(valkey.url)
@@ -49,7 +49,7 @@ async def test_no_append_only_file_not_durable(settings: Settings, tmp_path: Pat
 
 
 async def test_relaxed_mode_accepts_without_fsync(settings: Settings, tmp_path: Path) -> None:
-    """The relaxed mode answers 202 without waiting for an append-only file."""
+    """The relaxed mode responds 202 without waiting for an append-only file."""
     valkey = EmbeddedValkey(tmp_path / "valkey")
     await asyncio.to_thread(valkey.start)
     client = redis.Redis.from_url(valkey.url)
@@ -69,12 +69,12 @@ async def test_relaxed_mode_accepts_without_fsync(settings: Settings, tmp_path: 
 
 
 async def test_redis_down_store_unavailable(settings: Settings, tmp_path: Path) -> None:
-    """With Redis stopped, ingest answers 503 store-unavailable with Retry-After instead of a 500."""
+    """With Redis stopped, ingest responds 503 store-unavailable with Retry-After instead of a 500."""
     valkey = EmbeddedValkey(tmp_path / "valkey")
     await asyncio.to_thread(valkey.start)
     try:
-        # Without rate limiting, the append is the request's only Redis call, so only its retries delay the answer.
-        own = replace(settings, redis_url=valkey.url, rate_limit_per_minute=0)
+        # Without rate limits, the append is the request's only Redis call, so only its retries delay the response.
+        own = replace(settings, redis_url=valkey.url, rate_limit_per_minute=0, auth_failures_per_minute=0)
         headers = {"Authorization": f"Bearer {await new_key(own)}"}
 
         async with ingest_client(own) as http:
