@@ -269,7 +269,10 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "- The load generator (`bench/http_load.py`) is a small asyncio HTTP/1.1 client on keep-alive connections; "
         "latency is from writing a request to reading its whole response.",
         "- Ingest: closed loop, one event per POST, then batches of 100. End to end divides the accepted events by the "
-        "time from the first POST until both consumer groups had acknowledged the last entry.",
+        "time from the first POST until both consumer groups had acknowledged the last entry: the rate the whole "
+        "pipeline sustains. The backlog samples under Details show how far ingest ran ahead of the consumers.",
+        "- `rankstream up` runs one process of each service, so every figure except \"consumers alone\" is for one "
+        "ingest, one ranker, one persister and one gateway.",
         "- POST-to-push: a fixed schedule of POSTs (open loop) and a WebSocket subscribed to a probe athlete; each probe "
         "event is timed from its POST to the first push that shows the probe's new score.",
         "- Consumers alone: the stream is filled aside and renamed over the live key, so 1, 2 or 4 waiting consumers start "
