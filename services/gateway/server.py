@@ -184,7 +184,9 @@ class Gateway:
             try:
                 await self._dispatch(client, parse_client_message(data))
             except ProtocolError as error:
-                invalid += 1
+                # A store outage is the gateway's trouble, not the client's misbehaviour.
+                if error.code != "unavailable":
+                    invalid += 1
                 log.info("invalid client message", code=error.code, invalid=invalid, size_bytes=len(data))
                 await connection.send(messages.error(error.code, error.message, error.subscription_id), text=True)
                 if error.code == "binary_not_supported":
@@ -265,6 +267,7 @@ class Gateway:
         try:
             await self._send_snapshot(board, subscription, message.since)
         except (RedisError, OSError) as error:
+            # NOTE: no test makes Redis fail during a snapshot read; this branch is unexercised.
             client.subscriptions.pop(message.id, None)
             self.hub.remove(subscription)
             log.warning("snapshot read failed", subscription_id=message.id, board=view.board, error=str(error))
