@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.boards import Board, Operator, Reset, Scope, Tie
+from shared.boards import Board, Operator, Order, Reset, Scope, Tie
 from shared.settings import Settings
 from tests.board_pipeline import board_pipeline, utc
 
@@ -166,3 +166,18 @@ async def test_percentile_and_neighbours(settings: Settings, redis_client) -> No
         mine = await pipeline.get("/v1/boards/pct/users/u3", around=1)
         assert (mine["rank"], mine["score"], mine["participants"], mine["percentile"]) == (3, 30, 5, 50.0)
         assert [(n["rank"], n["user_id"]) for n in mine["neighbours"]] == [(2, "u4"), (4, "u2")]
+
+
+async def test_tie_first_on_lower_is_better(settings: Settings, redis_client) -> None:
+    """Tie policy first works with negated scores: equal best times rank by who set them first."""
+    board = Board(id="fastest", metric="m", operator=Operator.BEST, order=Order.LOWER, tie=Tie.FIRST, decimals=1)
+    async with board_pipeline(settings, [board], utc("2026-12-04T12:00:00Z")) as pipeline:
+        await pipeline.post_and_process([
+            pipeline.event("a", 1500.5, "2026-12-04T10:00:00Z"),
+            pipeline.event("b", 1500.5, "2026-12-04T09:00:00Z"),
+            pipeline.event("c", 1400, "2026-12-04T11:00:00Z"),
+            pipeline.event("a", 1500.5, "2026-12-04T08:00:00Z"),
+        ])
+        assert await pipeline.scores("fastest") == [(1, "c", 1400), (2, "a", 1500.5), (3, "b", 1500.5)]
+        ranks = {user: (await pipeline.get(f"/v1/boards/fastest/users/{user}"))["rank"] for user in "abc"}
+        assert ranks == {"a": 2, "b": 3, "c": 1}

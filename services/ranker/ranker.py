@@ -31,7 +31,7 @@ def plan_batch(boards: BoardRegistry, entries: Sequence[Entry]) -> dict[tuple[st
     """Group a batch into script arguments per (ranking, period), keeping stream order.
 
     An event received after its period's late grace ended is left out of that
-    board; it still counts on the metric's other boards whose period is open.
+    board. It still counts on the metric's other boards whose period is open.
     """
     plan: dict[tuple[str, str], PeriodBatch] = {}
     for entry in entries:
