@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from shared.boards import Board, Operator, Reset
-from shared.periods import period_bounds, period_of, previous_period, resolve_period
+from shared.boards import Board, Operator, Reset, WeekStart
+from shared.periods import PeriodStatus, period_bounds, period_of, period_status, previous_period, resets_at, resolve_period
 
 
 def board(reset: Reset, timezone_name: str = "UTC") -> Board:
@@ -28,6 +28,7 @@ def utc(text: str) -> datetime:
         ("2020-12-31T10:00:00Z", "2020-W53"),
         ("2021-01-03T10:00:00Z", "2020-W53"),
         ("2026-12-31T10:00:00Z", "2026-W53"),
+        ("2027-01-03T23:59:59Z", "2026-W53"),
         ("2027-01-04T00:00:00Z", "2027-W01"),
     ],
 )
@@ -74,3 +75,32 @@ def test_invalid_period_ids_rejected(bad: str) -> None:
     """Malformed or impossible period ids raise ValueError."""
     with pytest.raises(ValueError):
         resolve_period(board(Reset.WEEKLY) if "W" in bad else board(Reset.MONTHLY), bad, utc("2026-12-04T00:00:00Z"))
+
+
+def test_sunday_start_week_bounds() -> None:
+    """A Sunday-start week runs Sunday to Saturday and is named by the ISO week of the following Monday."""
+    sunday = Board(id="b", metric="m", operator=Operator.SUM, reset=Reset.WEEKLY, week_start=WeekStart.SUNDAY)
+    assert period_of(sunday, utc("2026-12-05T23:59:59Z")) == "2026-W49"
+    assert period_of(sunday, utc("2026-12-06T00:00:00Z")) == "2026-W50"
+    assert period_bounds(sunday, "2026-W50") == (utc("2026-12-06T00:00:00Z"), utc("2026-12-13T00:00:00Z"))
+    assert period_of(sunday, utc("2026-12-27T10:00:00Z")) == "2026-W53"
+
+
+def test_cron_periods_follow_fire_times() -> None:
+    """A cron board's period runs from one local fire time to the next, across a DST change."""
+    cron = Board(id="b", metric="m", operator=Operator.SUM, reset=Reset.CRON, cron="0 6 * * 1", timezone="Europe/Berlin")
+    assert period_of(cron, utc("2026-10-26T04:59:59Z")) == "2026-10-19T04:00:00Z"
+    assert period_of(cron, utc("2026-10-26T05:00:00Z")) == "2026-10-26T05:00:00Z"
+    assert period_bounds(cron, "2026-10-19T04:00:00Z") == (utc("2026-10-19T04:00:00Z"), utc("2026-10-26T05:00:00Z"))
+    with pytest.raises(ValueError, match="is not a start instant"):
+        period_bounds(cron, "2026-10-20T04:00:00Z")
+
+
+def test_period_status_open_provisional_final() -> None:
+    """A period is open until its end, provisional during the late grace, then final."""
+    daily = board(Reset.DAILY)
+    assert period_status(daily, "2026-12-03", utc("2026-12-03T23:59:59Z")) is PeriodStatus.OPEN
+    assert period_status(daily, "2026-12-03", utc("2026-12-04T00:59:59Z")) is PeriodStatus.PROVISIONAL
+    assert period_status(daily, "2026-12-03", utc("2026-12-04T01:00:00Z")) is PeriodStatus.FINAL
+    assert resets_at(daily, utc("2026-12-03T12:00:00Z")) == utc("2026-12-04T00:00:00Z")
+    assert resets_at(board(Reset.NEVER), utc("2026-12-03T12:00:00Z")) is None
