@@ -136,3 +136,35 @@ async def test_closed_period_archived_and_served(settings: Settings, redis_clien
         mine = await pipeline.get("/v1/boards/day/users/a", period="2026-12-03", around=1)
         assert (mine["rank"], mine["score"], mine["display_name"], mine["participants"]) == (2, 10, "Ada", 3)
         assert [n["user_id"] for n in mine["neighbours"]] == ["b", "c"]
+
+
+async def test_running_ranker_picks_up_new_board(settings: Settings, redis_client) -> None:
+    """A running ranker applies events to a board created after it started, within a few seconds."""
+    from services.ranker.run import run_ranker
+
+    first = Board(id="first", metric="m", operator=Operator.SUM)
+    async with board_pipeline(settings, [first], utc("2026-12-04T12:00:00Z")) as pipeline:
+        stop = asyncio.Event()
+        ranker = asyncio.create_task(run_ranker(settings, stop=stop, clock=pipeline.clock))
+        try:
+            await pipeline.post([pipeline.event("a", 1, "2026-12-04T11:00:00Z")])
+            await wait_for(lambda: _has_scores(pipeline, "first"), timeout_s=10, what="the first board")
+
+            admin = {"Authorization": f"Bearer {pipeline.admin_key}"}
+            response = await pipeline.http.post("/v1/admin/boards", json=[{"id": "second", "metric": "m", "operator": "count"}], headers=admin)
+            assert response.status == 200
+
+            # Post one event every 0.25 s, at most 20, until the new board counts one.
+            for _attempt in range(20):
+                await pipeline.post([pipeline.event("a", 1, "2026-12-04T11:00:00Z")])
+                await asyncio.sleep(0.25)
+                if await _has_scores(pipeline, "second"):
+                    break
+            assert await _has_scores(pipeline, "second"), "the running ranker did not apply the new board within 5 s"
+        finally:
+            stop.set()
+            await asyncio.wait_for(ranker, timeout=20)
+
+
+async def _has_scores(pipeline, board_id: str) -> bool:
+    return bool(await pipeline.scores(board_id))
