@@ -82,14 +82,11 @@ def _standing(board: Board, row: asyncpg.Record) -> Standing:
     return Standing(rank=row["rank"], user_id=row["user_id"], score=board.display_score(row["sort_score"]), display_name=row["display_name"])
 
 
-async def archived_top(
-    pool: asyncpg.Pool, board: Board, group: str | None, period: str, limit: int, offset: int
-) -> tuple[list[Standing], int]:
-    """Return a page of an archived period and its visible participant count."""
+async def archived_top(pool: asyncpg.Pool, board: Board, group: str | None, period: str, limit: int, offset: int) -> list[Standing]:
+    """Return up to ``limit`` standings of an archived period from visible position ``offset`` (0-based)."""
     query = f"SELECT * FROM ({_ranked_query(board)}) ranked WHERE position >= $4 ORDER BY position LIMIT $5"
     rows = await pool.fetch(query, board.id, group or "", period, offset, limit)
-    participants = await archived_participants(pool, board, group, period)
-    return [_standing(board, row) for row in rows], participants
+    return [_standing(board, row) for row in rows]
 
 
 async def archived_participants(pool: asyncpg.Pool, board: Board, group: str | None, period: str) -> int:
@@ -111,7 +108,7 @@ async def archived_user(
     neighbours: list[Standing] = []
     if around > 0:
         start = max(0, row["position"] - around)
-        page, _participants = await archived_top(pool, board, group, period, row["position"] - start + around + 1, start)
+        page = await archived_top(pool, board, group, period, row["position"] - start + around + 1, start)
         neighbours = [standing for standing in page if standing.user_id != user_id]
     tied = 1 if board.tie is Tie.FIRST else row["tied"]
     return UserStanding(

@@ -218,6 +218,7 @@ async def read_user(
     view = await _open(client, names, board, period, group)
     if user_id in view.hidden or await client.sismember(names.hidden_users, user_id):
         return None
+
     async with client.pipeline(transaction=False) as pipe:
         pipe.zscore(view.key, user_id)
         pipe.zcard(view.key)
@@ -230,6 +231,7 @@ async def read_user(
     if placed is None:
         return None
     rank, visible_position, percentile = placed
+
     neighbours: list[Standing] = []
     if around > 0:
         start = max(0, visible_position - around)

@@ -131,6 +131,12 @@ async def _archived(state: IngestState, board: Board, group: str | None, period:
     return await archive.is_archived(state.pool, board, group, period)
 
 
+async def _participants(state: IngestState, board: Board, group: str | None, period: str, archived: bool) -> int:
+    if archived:
+        return await archive.archived_participants(state.pool, board, group, period)
+    return await count_participants(state.redis, state.names, board, period, group=group)
+
+
 def board_info(board: Board, state: IngestState) -> dict[str, Any]:
     """Return a board's definition with its current period, that period's status and ``resets_at``."""
     now = state.clock()
@@ -173,11 +179,12 @@ async def get_top(request: web.Request) -> web.Response:
             period = _period(request, state, board)
     except QueryError as error:
         return error.response
-    if await _archived(state, board, group, period):
-        entries, participants = await archive.archived_top(state.pool, board, group, period, limit, offset)
+    archived = await _archived(state, board, group, period)
+    if archived:
+        entries = await archive.archived_top(state.pool, board, group, period, limit, offset)
     else:
         entries = await read_top(state.redis, state.names, board, period, limit, offset, group=group)
-        participants = await count_participants(state.redis, state.names, board, period, group=group)
+    participants = await _participants(state, board, group, period, archived)
     next_offset = offset + len(entries)
     next_cursor = encode_cursor(period, next_offset) if len(entries) == limit and next_offset < participants else None
     return _json({**_period_fields(board, group, period, state), "participants": participants, "entries": entries, "next_cursor": next_cursor})
@@ -223,14 +230,14 @@ async def post_ranks(request: web.Request) -> web.Response:
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         return problem(400, "invalid-body", "Invalid body", f'expected {{"user_ids": ["u1", ...]}}: {error}')
     if not 1 <= len(body.user_ids) <= MAX_RANK_USERS:
-        return problem(400, "invalid-body", "Invalid body", f"user_ids holds {len(body.user_ids)} ids; send 1 to {MAX_RANK_USERS}", field="user_ids")
+        return problem(400, "invalid-body", "Invalid body", f"user_ids contains {len(body.user_ids)} ids; send 1 to {MAX_RANK_USERS}", field="user_ids")
     user_ids = list(dict.fromkeys(body.user_ids))
-    if await _archived(state, board, group, period):
+    archived = await _archived(state, board, group, period)
+    if archived:
         ranks = await archive.archived_ranks(state.pool, board, group, period, user_ids)
-        participants = await archive.archived_participants(state.pool, board, group, period)
     else:
         ranks = await read_ranks(state.redis, state.names, board, period, user_ids, group=group)
-        participants = await count_participants(state.redis, state.names, board, period, group=group)
+    participants = await _participants(state, board, group, period, archived)
     return _json({**_period_fields(board, group, period, state), "participants": participants, "ranks": ranks})
 
 
@@ -240,10 +247,7 @@ async def get_participants(request: web.Request) -> web.Response:
         period = _period(request, state, board)
     except QueryError as error:
         return error.response
-    if await _archived(state, board, group, period):
-        participants = await archive.archived_participants(state.pool, board, group, period)
-    else:
-        participants = await count_participants(state.redis, state.names, board, period, group=group)
+    participants = await _participants(state, board, group, period, await _archived(state, board, group, period))
     return _json({**_period_fields(board, group, period, state), "participants": participants})
 
 

@@ -75,6 +75,8 @@ class Ranker:
         # Applied ids expire by real elapsed time, so this is the system clock.
         now_ms = int(time.time() * 1000)
         batches = list(plan.values())
+
+        # Display names, the closing index and one script call per ranking period, in one round trip.
         async with self.client.pipeline(transaction=False) as pipe:
             for entry in entries:
                 if entry.event.display_name is not None:
@@ -89,6 +91,8 @@ class Ranker:
                 await self.apply_script(keys=keys, args=script_args(batch.board, now_ms, hidden, batch.args), client=pipe)
             replies = await pipe.execute()
         script_replies = replies[len(replies) - len(batches) :]
+
+        # Publish one update per ranking period whose standings changed.
         updates = []
         for batch, reply in zip(batches, script_replies, strict=True):
             update = parse_changes(batch.board, batch.group, batch.period, reply)
