@@ -16,6 +16,7 @@ These are plain functions with no I/O, so the clock is always passed in.
 from __future__ import annotations
 
 import enum
+import functools
 from datetime import date, datetime, time, timedelta, timezone
 
 from cronsim import CronSim
@@ -114,6 +115,9 @@ def _cron_bounds(board: Board, period: str) -> tuple[datetime, datetime]:
     return start, _cron_next(board, start)
 
 
+# Pure in (board, period) and called for every event by ingest's timing check and
+# the ranker, so the bounds of recently used periods are kept (boards hash by value).
+@functools.lru_cache(maxsize=4096)
 def period_bounds(board: Board, period: str) -> tuple[datetime | None, datetime | None]:
     """Return the UTC start and end of a period; both None for all-time boards.
 
