@@ -10,7 +10,11 @@ import tempfile
 from pathlib import Path
 
 # Frames that every sample of a service passes through, so they show nothing about where time goes.
-_ENTRY_FRAMES = {"<frozen runpy>", "services/__main__.py", "services/cli.py", "shared/lifecycle.py", "__init__.py", "runners.py"}
+_ENTRY_FRAMES = {
+    "<frozen runpy>", "services/__main__.py", "services/cli.py", "shared/lifecycle.py", "__init__.py", "runners.py",
+    # The harness's own frames, on the stack when it profiles the rebuild it runs.
+    "run.py", "__main__.py", "data_phases.py",
+}
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^():]*)(?::\d+)?\)$")
 
 

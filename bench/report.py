@@ -155,6 +155,8 @@ def plot_latency(results: dict, path: Path) -> bool:
     push.axhline(50, color="grey", linestyle=":", label="p99 target at 2,000/s")
     for axis, title in ((push, "POST to WebSocket push"), (post, "POST /v1/events response")):
         axis.set_xscale("log")
+        # Latency spans milliseconds to seconds once the pipeline falls behind, so the axis is logarithmic too.
+        axis.set_yscale("log")
         axis.set_xticks(rates, [f"{rate:,}" for rate in rates])
         axis.set_xlabel("offered load (events/s, open loop)")
         axis.set_ylabel("latency (ms)")
