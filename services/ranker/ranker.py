@@ -43,7 +43,7 @@ def plan_batch(boards: BoardRegistry, entries: Sequence[Entry]) -> dict[tuple[st
                 log.error("event skipped on board", board=board.id, event_id=event.event_id, stream_id=entry.stream_id, error=str(error))
                 continue
             if not accepts_late(board, event.occurred_at, event.received_at):
-                log.info("late event skipped on board", board=board.id, event_id=event.event_id, stream_id=entry.stream_id)
+                log.debug("late event skipped on board", board=board.id, event_id=event.event_id, stream_id=entry.stream_id)
                 continue
             period = period_of(board, event.occurred_at)
             for group in groups_of(event, board.scope):
