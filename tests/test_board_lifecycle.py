@@ -139,7 +139,7 @@ async def test_closed_period_archived_and_served(settings: Settings, redis_clien
 
 
 async def test_running_ranker_picks_up_new_board(settings: Settings, redis_client) -> None:
-    """A running ranker applies events to a board created after it started, within a few seconds."""
+    """A running ranker applies events of a new metric to a board created after it started, within seconds."""
     from services.ranker.run import run_ranker
 
     first = Board(id="first", metric="m", operator=Operator.SUM)
@@ -151,12 +151,13 @@ async def test_running_ranker_picks_up_new_board(settings: Settings, redis_clien
             await wait_for(lambda: _has_scores(pipeline, "first"), timeout_s=10, what="the first board")
 
             admin = {"Authorization": f"Bearer {pipeline.admin_key}"}
-            response = await pipeline.http.post("/v1/admin/boards", json=[{"id": "second", "metric": "m", "operator": "count"}], headers=admin)
+            response = await pipeline.http.post("/v1/admin/boards", json=[{"id": "second", "metric": "rowing_m", "operator": "count"}], headers=admin)
             assert response.status == 200
 
             # Post one event every 0.25 s, at most 20, until the new board counts one.
             for _attempt in range(20):
-                await pipeline.post([pipeline.event("a", 1, "2026-12-04T11:00:00Z")])
+                [result] = await pipeline.post([pipeline.event("a", 1, "2026-12-04T11:00:00Z", metric="rowing_m")])
+                assert result["status"] == "accepted", result
                 await asyncio.sleep(0.25)
                 if await _has_scores(pipeline, "second"):
                     break
