@@ -1,4 +1,4 @@
-"""Per-key rate limits: one token bucket per API key in Redis, taken from by one atomic script."""
+"""Token-bucket rate limits in Redis, one bucket per subject (an API key or a client address), taken from by one atomic script."""
 
 from __future__ import annotations
 
