@@ -23,8 +23,9 @@ braces), so the layout works unchanged on Redis Cluster:
   their late grace ends, which the ranker's period closer follows.
 - ``{ns}:users:hidden`` is the set of athletes hidden from every board.
 - ``{ns}:users:names`` maps user id to display name.
-- ``{ns}:ratelimit:<subject>`` is the token bucket of one API key (subject
-  ``key:<id>``), touched only by the ingest rate-limit script.
+- ``{ns}:ratelimit:<subject>`` is one token bucket: of an API key (subject
+  ``key:<id>``) or of the failed authentications of a client address
+  (``authfail:<address>``). Only the ingest rate-limit script touches it.
 - ``{ns}:rank-changes`` is the pub/sub channel of rank changes.
 
 The namespace ``ns`` (``RANKSTREAM_NAMESPACE``, default ``rs``) lets several
