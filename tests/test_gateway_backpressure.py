@@ -14,7 +14,8 @@ from websockets.exceptions import ConnectionClosed
 
 from services.gateway.protocol import CloseCode
 from shared.settings import Settings
-from tests.gateway_harness import WsClient, current_week, event, gateway_stats, post, ranker, wait_seq
+from shared.names import Names
+from tests.gateway_harness import WsClient, current_week, event, gateway_stats, post, wait_seq
 from tests.helpers import ingest_client, new_key, wait_for, wait_healthy
 from tests.processes import service_processes
 
@@ -53,9 +54,12 @@ async def test_slow_client_closed_others_unaffected(settings: Settings, redis_cl
         "RANKSTREAM_WS_MAX_SUBSCRIPTIONS": str(SLOW_SUBSCRIPTIONS),
     }
     with service_processes(settings, tmp_path / "logs") as services:
+        # Separate processes, so the gateway and the ranker do not share the
+        # test's event loop with the clients whose pace is measured.
         process = services.start("gateway", "gateway", **env)
+        services.start("ranker", "ranker")
         await wait_healthy(f"http://127.0.0.1:{settings.ws_port}/v1/gateway/stats")
-        async with ingest_client(settings) as http, ranker(settings):
+        async with ingest_client(settings) as http:
             # A hundred athletes, so each top-100 message is several kilobytes.
             await post(http, key, [event(f"seed{i}", f"u{i:03d}", i + 1) for i in range(100)])
             await wait_seq(redis_client, settings, "pushups-weekly", current_week(), 1)
@@ -77,7 +81,12 @@ async def test_slow_client_closed_others_unaffected(settings: Settings, redis_cl
                     posted_at = time.monotonic()
                     await post(http, key, event(f"load{posts}", f"u{posts % 100:03d}", 10))
                     seq += 1
-                    await fast.recv_until(lambda m, target=seq: m["seq"] >= target)
+                    try:
+                        await fast.recv_until(lambda m, target=seq: m["seq"] >= target)
+                    except AssertionError as error:
+                        counter = await redis_client.get(Names(settings.namespace).board_seq("pushups-weekly", current_week()))
+                        stats = await gateway_stats(settings.ws_port)
+                        raise AssertionError(f"post {posts}: board seq {counter}, gateway {stats}, ranker log {services.log_text('ranker')[-2000:]}") from error
                     latencies_s.append(time.monotonic() - posted_at)
                     if (await gateway_stats(settings.ws_port))["slow_closed"] == 1:
                         break

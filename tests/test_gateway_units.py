@@ -71,12 +71,14 @@ def test_history_trims_and_evicts() -> None:
     assert list(history.boards) == [("c", "all"), ("d", "all")]
 
 
-def test_history_ensure_restarts_when_counter_falls() -> None:
-    """A counter below the last seq means the keys were replaced; one above is left to pub/sub."""
+def test_history_ensure_keeps_existing_history() -> None:
+    """A counter read racing with an update, below or above the last seq, leaves the history alone."""
     history = History(max_changes=10, max_board_periods=10)
     history.add(BOARD_PERIOD, update(4, change("a", 1, 1)))
     assert history.ensure(BOARD_PERIOD, 6).last_seq == 4
-    assert history.ensure(BOARD_PERIOD, 2).last_seq == 2
+    assert history.ensure(BOARD_PERIOD, 2).last_seq == 4
+    assert history.get(BOARD_PERIOD).changes_since(3) == [change("a", 1, 1)]
+    assert history.ensure(("new", "all"), 7).last_seq == 7
 
 
 @pytest.mark.parametrize(

@@ -111,18 +111,16 @@ class History:
         return True
 
     def ensure(self, board_period: BoardPeriod, seq: int) -> BoardHistory:
-        """Return the history of a board period whose counter in Redis reads ``seq``, starting one if needed.
+        """Return the history of a board period whose counter in Redis read ``seq``, starting one if needed.
 
-        A counter below the last number seen means the board's keys were replaced
-        (a restored or flushed Redis), so the old history no longer applies. A
-        counter above it is not treated as a gap here: the update may still be on
-        its way through pub/sub.
+        An existing history is returned unchanged whatever ``seq`` is: a counter
+        read just before an update arrived can be below the last number seen
+        (a stale read, not a lost update), and one above it may have its update
+        still on the way through pub/sub.
         """
         history = self.boards.get(board_period)
         if history is None:
             return self._start(board_period, seq)
-        if seq < history.last_seq:
-            self._restart(history, seq)
         return history
 
     def _start(self, board_period: BoardPeriod, seq: int) -> BoardHistory:
