@@ -136,3 +136,19 @@ def test_unrepresentable_value_rejected_by_board(value: float) -> None:
     board = Board(id="x", metric="m", operator=Operator.SUM, decimals=2)
     with pytest.raises(BoardError, match="exceeds 2\\^53"):
         board.sort_score(value)
+
+
+async def test_failed_apply_records_no_event(redis_client: redis.Redis, settings: Settings) -> None:
+    """A script that fails on a wrong-type key writes nothing, so the retried event still counts."""
+    from redis.exceptions import ResponseError
+
+    board = Board(id="typed", metric="m", operator=Operator.SUM)
+    ranker = make_ranker(redis_client, settings, board)
+    names = Names(settings.namespace)
+    await redis_client.set(names.board_scores("typed", "all"), "not a sorted set")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await ranker.handle([entry(1, "a", 300)])
+    assert await redis_client.exists(names.board_applied("typed", "all")) == 0
+    await redis_client.delete(names.board_scores("typed", "all"))
+    await ranker.handle([entry(1, "a", 300)])
+    assert await scores(redis_client, settings, board) == [(1, "a", 300)]

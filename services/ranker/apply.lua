@@ -39,6 +39,20 @@ for i = 6, 5 + hidden_count do
 end
 local first_event = 6 + hidden_count
 
+-- A script that fails half-way keeps the writes it already made, so an event
+-- id recorded before a failing score update would be skipped on every retry.
+-- Check every key's type before the first write, so the likely failure (a
+-- key of the wrong type) happens while nothing has been written yet.
+local expected_types = {zset = {scores, applied, order}, string = {seq_key}, hash = {latest_at, reached}}
+for expected, names in pairs(expected_types) do
+  for _, name in ipairs(names) do
+    local found = redis.call('TYPE', name)['ok']
+    if found ~= 'none' and found ~= expected then
+      return redis.error_reply('WRONGTYPE key ' .. name .. ' is a ' .. found .. ', expected a ' .. expected)
+    end
+  end
+end
+
 redis.call('ZREMRANGEBYSCORE', applied, '-inf', '(' .. (now_ms - tonumber(ARGV[3])))
 
 -- Byte-wise "a < b"; Lua's own string comparison follows the C locale's collation.
