@@ -19,11 +19,12 @@ OWN_HEADINGS = {
 # The next step for each kind of missed target: a plan, not a measurement.
 NEXT_STEPS = {
     "single": (
-        "When the ingest process uses close to one core (see the CPU line), run several ingest processes per host "
-        "behind one port or a load balancer, and send batches from clients that can (the batch row reaches far more "
-        "events per second per process). When it uses much less, it waits on its two Valkey round trips per request "
-        "(rate limit, then append with WAITAOF) or on a machine whose cores are shared with the load generator: "
-        "compare the relaxed-durability row and run the generator on another machine."
+        "When the ingest process uses close to one core (see the CPU line), it is bound by Python work per request: "
+        "run several ingest processes per host behind one port or a load balancer, send batches from clients that "
+        "can (the batch row reaches far more events per second per process), and, where redis-py's connection.py and "
+        "client.py lead the profile, make the rate-limit check and the append one script call instead of two round "
+        "trips. When it uses much less, it waits, for the fsync (compare the relaxed-durability row) or for cores "
+        "shared with other processes (see the load average above)."
     ),
     "e2e": (
         "Scale the slowest group shown under Details: add rankers or persisters (each group scales on its own), "
@@ -37,9 +38,10 @@ NEXT_STEPS = {
         "limit sends clients more messages. The rest is the time through ingest, the stream and the ranker."
     ),
     "reads": (
-        "Serve reads from more ingest processes, or from Valkey replicas. A read is a few sequential Valkey round trips "
-        "(shared/standings.py) plus the HTTP handling; the CPU line shows whether the ingest process or the shared "
-        "machine is the bound."
+        "A read is a few sequential Valkey round trips (shared/standings.py) plus the HTTP handling. When the ingest "
+        "process uses close to one core, reads are bound by Python work: serve them from more ingest processes, and, "
+        "where redis-py's connection.py and client.py lead the profile, read a standing with one script call, which "
+        "parses one reply instead of several. When it uses much less, the shared machine is the bound."
     ),
     "rebuild": (
         "Replay in larger batches and several periods in parallel; the rebuild runs the same apply script as the "
