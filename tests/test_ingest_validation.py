@@ -150,3 +150,19 @@ async def test_duplicate_and_conflict(settings: Settings, redis_client) -> None:
     assert changed_body["results"][0]["status"] == "conflict"
     assert changed_body["results"][0]["field"] == "event_id"
     assert await redis_client.xlen(f"{settings.namespace}:{{events}}:stream") == 1
+
+
+async def test_repeated_id_in_one_request(settings: Settings, redis_client) -> None:
+    """A repeated event_id inside one request is appended once; the copies are duplicate or conflict."""
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    body = [VALID, VALID, {**VALID, "value": 99}]
+    async with ingest_client(settings) as http:
+        response = await http.post("/v1/events", json=body, headers=headers)
+        results = (await response.json())["results"]
+        retry = await http.post("/v1/events", json=VALID, headers=headers)
+        retry_results = (await retry.json())["results"]
+    assert response.status == 202
+    assert [result["status"] for result in results] == ["accepted", "duplicate", "conflict"]
+    assert retry_results == [{"event_id": "ok-1", "status": "duplicate"}]
+    assert await redis_client.xlen(f"{settings.namespace}:{{events}}:stream") == 1

@@ -15,12 +15,25 @@
 local ttl_s = tonumber(ARGV[1])
 local max_entries = tonumber(ARGV[2])
 
+-- previous[i] is the body hash event i is compared with: the stored one, or
+-- that of an earlier event of this request with the same id, so a repeated id
+-- inside one request is a duplicate or a conflict, never a second entry.
 local previous = {}
+local first_in_request = {}
 local new_events = 0
 for i = 2, #KEYS do
-  previous[i] = redis.call('GET', KEYS[i])
-  if previous[i] == false then
-    new_events = new_events + 1
+  local key = KEYS[i]
+  local body_hash = ARGV[(i - 1) * 2 + 1]
+  if first_in_request[key] ~= nil then
+    previous[i] = first_in_request[key]
+  else
+    previous[i] = redis.call('GET', key)
+    if previous[i] == false then
+      new_events = new_events + 1
+      first_in_request[key] = body_hash
+    else
+      first_in_request[key] = previous[i]
+    end
   end
 end
 
