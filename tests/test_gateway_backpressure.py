@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
@@ -92,6 +93,9 @@ async def test_slow_client_closed_others_unaffected(settings: Settings, redis_cl
                         break
                 stats = await gateway_stats(settings.ws_port)
                 assert stats["slow_closed"] == 1, stats
+                async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{settings.ws_port}/metrics") as response:
+                    metrics_text = await response.text()
+                assert "rankstream_websocket_slow_clients_closed_total 1.0" in metrics_text.splitlines()
 
                 # Reading now drains what was buffered and ends with the close frame.
                 with pytest.raises(ConnectionClosed) as closed:

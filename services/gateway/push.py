@@ -32,7 +32,6 @@ from services.gateway.protocol import CloseCode
 from services.gateway.render import Rendered, Renderer
 from shared.boards import Board
 from shared.metrics import WEBSOCKET_MESSAGES_CONFLATED, WEBSOCKET_SLOW_CLIENTS_CLOSED
-from shared.metrics import WEBSOCKET_MESSAGES_CONFLATED, WEBSOCKET_SLOW_CLIENTS_CLOSED
 
 log = structlog.get_logger(__name__)
 
@@ -198,7 +197,6 @@ class Pusher:
                 if buffered > self.config.high_water_bytes:
                     # Skipped: it stays behind and gets one conflated message later.
                     WEBSOCKET_MESSAGES_CONFLATED.inc()
-                    WEBSOCKET_MESSAGES_CONFLATED.inc()
                     if client.slow_since is None:
                         client.slow_since = loop_time
                         self.slow_clients.add(client)
@@ -259,7 +257,6 @@ class Pusher:
             self.slow_clients.discard(client)
             client.closing = True
             self.stats.slow_closed += 1
-            WEBSOCKET_SLOW_CLIENTS_CLOSED.inc()
             WEBSOCKET_SLOW_CLIENTS_CLOSED.inc()
             log.warning(
                 "slow client closed",
