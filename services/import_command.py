@@ -14,6 +14,7 @@ import aiohttp
 import structlog
 from tqdm import tqdm
 
+from shared.runtime import http_base_url
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -121,7 +122,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     except ImportPathError as error:
         print(f"rankstream: {error}", file=sys.stderr)
         return 2
-    base_url = args.url or f"http://{settings.http_host}:{settings.http_port}"
+    base_url = args.url or http_base_url(settings)
     report = asyncio.run(run_import(files, base_url, key, args.user, progress=sys.stderr.isatty()))
 
     events = report.events

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 import aiohttp
 import structlog
 
+from shared.runtime import http_base_url
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -81,7 +82,7 @@ async def run_simulation(
     key = key or os.environ.get("RANKSTREAM_API_KEY") or await _default_key(settings)
     rng = random.Random(seed)
     crowd = _athlete_names(athletes, rng)
-    url = f"http://{settings.http_host}:{settings.http_port}/v1/events"
+    url = f"{http_base_url(settings)}/v1/events"
     headers = {"Authorization": f"Bearer {key}"}
     sent: list[dict] = []
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}
@@ -111,12 +112,12 @@ async def run_simulation(
                     async with session.post(url, json=batch, headers=headers) as response:
                         body = await response.json(content_type=None)
                     if response.status >= 400:
-                        log.warning("post failed", status=response.status, detail=body.get("detail"))
+                        log.warning("post failed, batch dropped", status=response.status, detail=body.get("detail"), events=len(batch))
                     else:
                         for result in body["results"]:
                             counts[result["status"]] += 1
                 except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                    log.warning("post failed, retrying next tick", error=str(error))
+                    log.warning("post failed, batch dropped", error=str(error), events=len(batch))
             await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - tick_started)))
     log.info("simulation finished", **counts)
     print(f"accepted {counts['accepted']}, duplicate {counts['duplicate']}, rejected {counts['rejected']}, conflict {counts['conflict']}")

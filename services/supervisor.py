@@ -92,8 +92,10 @@ def run_up(settings: Settings) -> int:
         stop_requested = True
         log.info("stop requested", signal=signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # SIGHUP too: the servers and services run in sessions of their own, so
+    # closing the terminal reaches only this process, which must stop them.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
 
     valkey = postgres = None
     children: list[Child] = []
@@ -107,7 +109,16 @@ def run_up(settings: Settings) -> int:
             postgres = EmbeddedPostgres(data_dir / "postgres")
             database_url = postgres.start()
         asyncio.run(migrate_url(database_url))
-        write_runtime(data_dir, RuntimeInfo(redis_url=redis_url, database_url=database_url, pid=os.getpid()))
+        write_runtime(
+            data_dir,
+            RuntimeInfo(
+                redis_url=redis_url,
+                database_url=database_url,
+                pid=os.getpid(),
+                http_url=f"http://{settings.http_host}:{settings.http_port}",
+                ws_url=f"ws://{settings.ws_host}:{settings.ws_port}/v1/ws",
+            ),
+        )
         env = {**os.environ, "RANKSTREAM_REDIS_URL": redis_url, "RANKSTREAM_DATABASE_URL": database_url}
         children = [_spawn(service, env) for service in SERVICES]
         print_banner(settings)
@@ -121,8 +132,8 @@ def run_up(settings: Settings) -> int:
                 time.sleep(RESTART_DELAY_S)
                 children[index] = _spawn(child.service, env)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         _stop_children(children)
         remove_runtime(data_dir)
         if postgres is not None:

@@ -22,6 +22,8 @@ class RuntimeInfo(msgspec.Struct, kw_only=True):
     redis_url: str
     database_url: str
     pid: int
+    http_url: str | None = None
+    ws_url: str | None = None
 
 
 def runtime_path(data_dir: Path) -> Path:
@@ -70,3 +72,13 @@ def resolve_servers(settings: Settings) -> Settings:
             "set the URL or start 'rankstream up' with the same RANKSTREAM_DATA_DIR"
         )
     return settings.with_servers(settings.redis_url or info.redis_url, settings.database_url or info.database_url)
+
+
+def http_base_url(settings: Settings, env: dict[str, str] | None = None) -> str:
+    """Return the ingest URL: from RANKSTREAM_HTTP_PORT when set, else that of a running ``rankstream up``."""
+    env = dict(os.environ) if env is None else env
+    if not env.get("RANKSTREAM_HTTP_PORT"):
+        info = read_runtime(settings.data_dir)
+        if info is not None and info.http_url:
+            return info.http_url
+    return f"http://{settings.http_host}:{settings.http_port}"

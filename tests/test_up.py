@@ -20,21 +20,46 @@ def cli(*args: str, env: dict[str, str], timeout_s: float = 60) -> subprocess.Co
     return subprocess.run([sys.executable, "-m", "services", *args], env=env, capture_output=True, text=True, timeout=timeout_s)
 
 
-async def test_up_runs_and_stops_cleanly(tmp_path: Path) -> None:
-    """up starts servers and services; keys and simulate find them; SIGINT stops every process."""
-    http_port, ws_port = free_port(), free_port()
-    data_dir = tmp_path / "data"
+def up_env(tmp_path: Path, http_port: int, ws_port: int) -> dict[str, str]:
     env = {
         key: value for key, value in os.environ.items()
         if key not in ("RANKSTREAM_REDIS_URL", "RANKSTREAM_DATABASE_URL")
     }
     env.update(
-        RANKSTREAM_DATA_DIR=str(data_dir),
+        RANKSTREAM_DATA_DIR=str(tmp_path / "data"),
         RANKSTREAM_HTTP_PORT=str(http_port),
         RANKSTREAM_WS_PORT=str(ws_port),
         RANKSTREAM_BOARDS_FILE=str(Path(__file__).resolve().parent.parent / "deploy" / "boards.toml"),
         RANKSTREAM_LOG_FORMAT="json",
     )
+    return env
+
+
+async def test_up_stops_on_hangup(tmp_path: Path) -> None:
+    """Closing the terminal (SIGHUP) stops the servers and services too."""
+    http_port, ws_port = free_port(), free_port()
+    env = up_env(tmp_path, http_port, ws_port)
+    with open(tmp_path / "up.log", "wb") as log:
+        up = subprocess.Popen([sys.executable, "-m", "services", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{ws_port}/healthz", timeout_s=60)
+        await wait_healthy(f"http://127.0.0.1:{http_port}/healthz", timeout_s=60)
+        descendants = psutil.Process(up.pid).children(recursive=True)
+        assert len(descendants) >= 6
+    finally:
+        up.send_signal(signal.SIGHUP)
+        code = up.wait(timeout=60)
+    assert code == 0
+    gone, alive = psutil.wait_procs(descendants, timeout=10)
+    assert [process.pid for process in alive] == []
+    assert not (tmp_path / "data" / "runtime.json").exists()
+
+
+async def test_up_runs_and_stops_cleanly(tmp_path: Path) -> None:
+    """up starts servers and services; keys and simulate find them; SIGINT stops every process."""
+    http_port, ws_port = free_port(), free_port()
+    data_dir = tmp_path / "data"
+    env = up_env(tmp_path, http_port, ws_port)
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         up = subprocess.Popen([sys.executable, "-m", "services", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -43,6 +68,8 @@ async def test_up_runs_and_stops_cleanly(tmp_path: Path) -> None:
         await wait_healthy(f"http://127.0.0.1:{ws_port}/healthz", timeout_s=60)
         runtime = json.loads((data_dir / "runtime.json").read_text())
         assert runtime["pid"] == up.pid
+        assert runtime["http_url"] == f"http://127.0.0.1:{http_port}"
+        assert runtime["ws_url"] == f"ws://127.0.0.1:{ws_port}/v1/ws"
         descendants = psutil.Process(up.pid).children(recursive=True)
 
         created = cli("keys", "create", "--name", "up-test", env=env)
