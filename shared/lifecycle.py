@@ -53,3 +53,24 @@ def stop_on(stop: asyncio.Event | None, callback: Callable[[], None]) -> asyncio
         callback()
 
     return asyncio.get_running_loop().create_task(wait_then_stop())
+
+
+async def keep_running(name: str, run: Callable[[], Coroutine[Any, Any, None]], *, restart_delay_s: float = 1.0) -> None:
+    """Run a background loop, restarting it after an unexpected exception.
+
+    A loop that died silently would leave a service up but no longer pushing
+    or closing periods, so every failure is logged and the loop starts again
+    after ``restart_delay_s``. Cancellation stops it. A loop that returns on
+    its own is not restarted.
+    """
+    while True:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task failed, restarting", task=name, delay_s=restart_delay_s)
+            await asyncio.sleep(restart_delay_s)
+        else:
+            log.info("background task ended", task=name)
+            return

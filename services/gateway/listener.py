@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.gateway.history import BoardPeriod, History
 from shared.boards import ranking_id
 from shared.names import Names
+from shared.redis_client import KEEPALIVE_OPTIONS
 from shared.schema import BoardUpdate, board_update_decoder
 
 log = structlog.get_logger(__name__)
@@ -33,6 +34,9 @@ def connect_pubsub_client(url: str, client_name: str) -> redis.Redis:
         url,
         retry=Retry(NoBackoff(), retries=0),
         socket_connect_timeout=5,
+        socket_keepalive=True,
+        socket_keepalive_options=KEEPALIVE_OPTIONS,
+        health_check_interval=15,
         client_name=client_name,
         decode_responses=False,
     )

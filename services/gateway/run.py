@@ -16,7 +16,7 @@ from services.gateway.server import WS_PATH, Gateway
 from shared.board_store import BoardStore
 from shared.boards import BoardRegistry, load_boards
 from shared.database import create_pool
-from shared.lifecycle import stop_on
+from shared.lifecycle import keep_running, stop_on
 from shared.names import Names
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -49,11 +49,11 @@ async def run_gateway(settings: Settings, *, stop: asyncio.Event | None = None, 
     names = Names(settings.namespace)
     pubsub_client = connect_pubsub_client(settings.redis_url, f"{settings.namespace}:gateway:{os.getpid()}")
     gateway = Gateway(client, pubsub_client, names, boards, config)
-    listener = asyncio.create_task(gateway.listener.run(), name="pubsub-listener")
-    pusher = asyncio.create_task(gateway.pusher.run(), name="push-loop")
+    listener = asyncio.create_task(keep_running("pubsub-listener", gateway.listener.run), name="pubsub-listener")
+    pusher = asyncio.create_task(keep_running("push-loop", gateway.pusher.run), name="push-loop")
     tasks = [listener, pusher]
     if store is not None:
-        tasks.append(asyncio.create_task(store.run(), name="boards-poll"))
+        tasks.append(asyncio.create_task(keep_running("boards-poll", store.run), name="boards-poll"))
     stopped = asyncio.Event()
     stopper = stop_on(stop, stopped.set)
     await gateway.probes.sampler.sample_at_start()

@@ -11,7 +11,7 @@ from aiohttp import web
 from services.ingest.app import create_app
 from shared.board_store import BoardStore
 from shared.database import create_pool
-from shared.lifecycle import stop_on
+from shared.lifecycle import keep_running, stop_on
 from shared.names import Names
 from shared.redis_client import connect_redis
 from shared.redis_stats import RedisSampler
@@ -28,7 +28,7 @@ async def run_ingest(settings: Settings, *, stop: asyncio.Event | None = None) -
     # Board definitions come from PostgreSQL and are polled for changes.
     store = BoardStore(pool, seed_file=settings.boards_file)
     boards = await store.open()
-    board_poller = asyncio.create_task(store.run(), name="boards-poll")
+    board_poller = asyncio.create_task(keep_running("boards-poll", store.run), name="boards-poll")
     runner = web.AppRunner(create_app(settings, client, pool, boards), access_log=None, shutdown_timeout=10)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)

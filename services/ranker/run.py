@@ -13,7 +13,7 @@ from services.ranker.rebuild import Rebuilder, needs_rebuild
 from shared.board_store import BoardStore
 from shared.clock import Clock, system_clock
 from shared.database import create_pool
-from shared.lifecycle import stop_on
+from shared.lifecycle import keep_running, stop_on
 from shared.probe_server import serve_probes
 from shared.probes import consumer_probes
 from shared.names import RANKER_GROUP, Names
@@ -52,8 +52,8 @@ async def run_ranker(settings: Settings, *, stop: asyncio.Event | None = None, c
     )
     closer = PeriodCloser(client, pool, names, boards, clock)
     helpers = [
-        asyncio.create_task(store.run(), name="boards-poll"),
-        asyncio.create_task(closer.run(), name="period-closer"),
+        asyncio.create_task(keep_running("boards-poll", store.run), name="boards-poll"),
+        asyncio.create_task(keep_running("period-closer", closer.run), name="period-closer"),
     ]
     stopper = stop_on(stop, consumer.stop)
     probes = consumer_probes(client, names, consumer.joined)
