@@ -64,8 +64,8 @@ Rankstream is running.
   Live page  {http}/
   Data dir   {settings.data_dir.resolve()}
 
-Create a key in another terminal (same directory):
-  .venv/bin/rankstream keys create --name demo
+Create a key in another terminal (same directory, or the same RANKSTREAM_DATA_DIR):
+  KEY=$(.venv/bin/rankstream keys create --name demo | tail -n 1)
 Post a first event:
   curl -X POST {http}/v1/events -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
     -d '{{"event_id":"e1","user_id":"u1","metric":"pushups","value":25,"occurred_at":"'$(date -u +%Y-%m-%dT%H:%M:%SZ)'"}}'
