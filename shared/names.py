@@ -115,3 +115,12 @@ class Names:
     @property
     def hidden_users(self) -> str:
         return f"{self.namespace}:users:hidden"
+
+    @property
+    def boards_built(self) -> str:
+        """Marker set once the boards hold every persisted event; its absence means Redis lost its data."""
+        return f"{self.namespace}:boards:built"
+
+    @property
+    def rebuild_lock(self) -> str:
+        return f"{self.namespace}:boards:rebuild-lock"

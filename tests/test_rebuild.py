@@ -117,6 +117,29 @@ async def test_ranker_rebuilds_when_redis_lost(settings: Settings, redis_client)
             await asyncio.wait_for(ranker, timeout=20)
 
 
+async def test_running_ranker_rebuilds_after_flush(settings: Settings, redis_client) -> None:
+    """A running ranker notices that Redis lost its keys and rebuilds them without a restart."""
+    async with board_pipeline(settings, BOARDS, NOW) as pipeline:
+        await pipeline.post_and_process([sample_event(pipeline, number) for number in range(40)])
+        expected = await pipeline.scores("sum-week", "2026-W49")
+        stop = asyncio.Event()
+        ranker = asyncio.create_task(run_ranker(settings, stop=stop))
+        try:
+            await wait_for(lambda: pipeline.client.exists(pipeline.names.boards_built), timeout_s=20, what="the boards marker")
+            async for key in pipeline.client.scan_iter(match=f"{settings.namespace}:*", count=1000):
+                await pipeline.client.delete(key)
+            assert await pipeline.scores("sum-week", "2026-W49") == []
+
+            async def rebuilt() -> bool:
+                return await pipeline.scores("sum-week", "2026-W49") == expected
+
+            await wait_for(rebuilt, timeout_s=30, what="the rebuild after the flush")
+            await assert_matches_reference(pipeline)
+        finally:
+            stop.set()
+            await asyncio.wait_for(ranker, timeout=20)
+
+
 async def test_cli_rebuild_one_board_period(settings: Settings, redis_client) -> None:
     """`rankstream rebuild --board B --period P` rebuilds that period only."""
     async with board_pipeline(settings, BOARDS, NOW) as pipeline:

@@ -26,6 +26,8 @@ import asyncpg
 import msgspec
 import redis.asyncio as redis
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.ranker.group_progress import group_passed, last_stream_id, parse_stream_id
 from services.ranker.ranker import closing_member, plan_batch
@@ -37,6 +39,10 @@ from shared.schema import BoardUpdate, StreamEvent, stream_event_decoder
 from shared.stream import EVENT_FIELD, Entry
 
 log = structlog.get_logger(__name__)
+
+# Longer than a rebuild of a few million events takes; a ranker killed while
+# rebuilding leaves the lock, which then expires so another can try.
+REBUILD_LOCK_TTL_S = 600
 
 BATCH_EVENTS = 500
 
@@ -254,7 +260,47 @@ def _text(value: str | bytes) -> str:
 
 
 async def needs_rebuild(client: redis.Redis, pool: asyncpg.Pool, names: Names) -> bool:
-    """Return whether Redis lost its data: no events stream while PostgreSQL contains events."""
-    if await client.exists(names.events_stream):
+    """Return whether Redis lost its boards: no ``boards_built`` marker while PostgreSQL contains events.
+
+    The marker is written once the boards hold every persisted event (after a
+    rebuild, or at the first start while PostgreSQL is still empty), so it is
+    gone exactly when Redis restarted without its data or the keys were flushed.
+    """
+    if await client.exists(names.boards_built):
         return False
-    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM events)"))
+    if await pool.fetchval("SELECT EXISTS (SELECT 1 FROM events)"):
+        return True
+    await client.set(names.boards_built, "1")
+    return False
+
+
+async def rebuild_if_lost(client: redis.Redis, pool: asyncpg.Pool, names: Names, boards: BoardRegistry, owner: str) -> bool:
+    """Rebuild every board when Redis lost its data; return whether this call rebuilt.
+
+    A lock key lets one ranker of the group rebuild while the others go on
+    consuming; they skip the rebuild and check again later.
+    """
+    if not await needs_rebuild(client, pool, names):
+        return False
+    if not await client.set(names.rebuild_lock, owner, nx=True, ex=REBUILD_LOCK_TTL_S):
+        return False
+    try:
+        log.warning("redis lost its boards while postgresql has events, rebuilding", owner=owner)
+        report = await Rebuilder(client, pool, names, boards).rebuild()
+        await client.set(names.boards_built, "1")
+        log.info("automatic rebuild finished", events=report.events, periods=len(report.periods))
+    finally:
+        await client.delete(names.rebuild_lock)
+    return True
+
+
+async def watch_for_lost_boards(
+    client: redis.Redis, pool: asyncpg.Pool, names: Names, boards: BoardRegistry, owner: str, *, interval_s: float = 5.0
+) -> None:
+    """Check every ``interval_s`` whether Redis lost its boards while the ranker runs, and rebuild them."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await rebuild_if_lost(client, pool, names, boards, owner)
+        except (RedisConnectionError, RedisTimeoutError, OSError, asyncpg.PostgresError) as error:
+            log.warning("lost-boards check failed, will retry", error=str(error), interval_s=interval_s)

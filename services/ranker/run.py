@@ -9,7 +9,7 @@ import structlog
 
 from services.ranker.closer import PeriodCloser
 from services.ranker.ranker import Ranker
-from services.ranker.rebuild import Rebuilder, needs_rebuild
+from services.ranker.rebuild import rebuild_if_lost, watch_for_lost_boards
 from shared.board_store import BoardStore
 from shared.clock import Clock, system_clock
 from shared.database import create_pool
@@ -40,10 +40,7 @@ async def run_ranker(settings: Settings, *, stop: asyncio.Event | None = None, c
     structlog.contextvars.bind_contextvars(consumer=consumer_name)
 
     # Redis restarted without its data: rebuild before serving anything.
-    if await needs_rebuild(client, pool, names):
-        log.warning("redis has no events stream but postgresql has events, rebuilding")
-        report = await Rebuilder(client, pool, names, boards).rebuild()
-        log.info("startup rebuild finished", events=report.events, periods=len(report.periods))
+    await rebuild_if_lost(client, pool, names, boards, consumer_name)
 
     ranker = Ranker(client, names, boards)
     consumer = StreamConsumer(
@@ -54,6 +51,10 @@ async def run_ranker(settings: Settings, *, stop: asyncio.Event | None = None, c
     helpers = [
         asyncio.create_task(keep_running("boards-poll", store.run), name="boards-poll"),
         asyncio.create_task(keep_running("period-closer", closer.run), name="period-closer"),
+        asyncio.create_task(
+            keep_running("lost-boards-watch", lambda: watch_for_lost_boards(client, pool, names, boards, consumer_name)),
+            name="lost-boards-watch",
+        ),
     ]
     stopper = stop_on(stop, consumer.stop)
     probes = consumer_probes(client, names, consumer.joined)
