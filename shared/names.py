@@ -27,6 +27,8 @@ braces), so the layout works unchanged on Redis Cluster:
   ``key:<id>``) or of the failed authentications of a client address
   (``authfail:<address>``). Only the ingest rate-limit script touches it.
 - ``{ns}:rank-changes`` is the pub/sub channel of rank changes.
+- ``{ns}:boards:built`` marks that the boards hold every persisted event, and
+  ``{ns}:boards:rebuild-lock`` names the ranker rebuilding them after a loss.
 
 The namespace ``ns`` (``RANKSTREAM_NAMESPACE``, default ``rs``) lets several
 deployments or test runs share one server without seeing each other's keys.
