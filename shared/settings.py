@@ -116,8 +116,8 @@ class Settings:
     persist_max_wait_ms: int = 100
     dedupe_ttl_s: int = 7 * 24 * 3600
     api_key_cache_ttl_s: int = 5
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = None
+    max_activity_bytes: int = 25 * 1024 * 1024
+    activity_decode_timeout_ms: int = 60_000
     durability: str = "aof"
     waitaof_timeout_ms: int = 5_000
     max_backlog: int = 1_000_000
@@ -129,15 +129,15 @@ class Settings:
     stop_timeout_s: int = 10
     consumer_idle_delete_ms: int = 3_600_000
     trim_interval_ms: int = 1_000
-    max_activity_bytes: int = 25 * 1024 * 1024
-    activity_decode_timeout_ms: int = 60_000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
     max_body_bytes: int = 1024 * 1024
     max_events_per_request: int = 1000
     rate_limit_per_minute: int = 600
     rate_limit_burst_requests: int = 100
     auth_failures_per_minute: int = 60
     auth_failure_burst: int = 30
-    max_clock_skew_s: int = 60
+    max_clock_skew_s: int = 300
     allowed_metrics: tuple[str, ...] = ()
     metric_bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=lambda: dict(DEFAULT_METRIC_BOUNDS))
 
@@ -178,9 +178,8 @@ class Settings:
             persist_max_wait_ms=_read_int(env, "RANKSTREAM_PERSIST_MAX_WAIT_MS", 100, 0, 60_000),
             dedupe_ttl_s=_read_int(env, "RANKSTREAM_DEDUPE_TTL_S", 7 * 24 * 3600, 7 * 24 * 3600, 366 * 24 * 3600),
             api_key_cache_ttl_s=_read_int(env, "RANKSTREAM_API_KEY_CACHE_TTL_S", 5, 0, 300),
-            metrics_host=env.get("RANKSTREAM_METRICS_HOST") or "127.0.0.1",
-            # Unset serves no probe listener in the ranker and persister; 0 binds a free port.
-            metrics_port=_read_int(env, "RANKSTREAM_METRICS_PORT", 0, 0, 65535) if env.get("RANKSTREAM_METRICS_PORT") else None,
+            max_activity_bytes=_read_int(env, "RANKSTREAM_MAX_ACTIVITY_BYTES", 25 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
+            activity_decode_timeout_ms=_read_int(env, "RANKSTREAM_ACTIVITY_DECODE_TIMEOUT_MS", 60_000, 1, 600_000),
             durability=durability,
             waitaof_timeout_ms=_read_int(env, "RANKSTREAM_WAITAOF_TIMEOUT_MS", 5_000, 1, 60_000),
             max_backlog=_read_int(env, "RANKSTREAM_MAX_BACKLOG", 1_000_000, 1, 1_000_000_000),
@@ -192,15 +191,16 @@ class Settings:
             stop_timeout_s=_read_int(env, "RANKSTREAM_STOP_TIMEOUT_S", 10, 1, 600),
             consumer_idle_delete_ms=_read_int(env, "RANKSTREAM_CONSUMER_IDLE_DELETE_MS", 3_600_000, 0, 30 * 86_400_000),
             trim_interval_ms=_read_int(env, "RANKSTREAM_TRIM_INTERVAL_MS", 1_000, 0, 3_600_000),
-            max_activity_bytes=_read_int(env, "RANKSTREAM_MAX_ACTIVITY_BYTES", 25 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
-            activity_decode_timeout_ms=_read_int(env, "RANKSTREAM_ACTIVITY_DECODE_TIMEOUT_MS", 60_000, 1, 600_000),
+            metrics_host=env.get("RANKSTREAM_METRICS_HOST") or "127.0.0.1",
+            # Unset serves no probe listener in the ranker and persister; 0 binds a free port.
+            metrics_port=_read_int(env, "RANKSTREAM_METRICS_PORT", 0, 0, 65535) if env.get("RANKSTREAM_METRICS_PORT") else None,
             max_body_bytes=_read_int(env, "RANKSTREAM_MAX_BODY_BYTES", 1024 * 1024, 1024, 16 * 1024 * 1024),
             max_events_per_request=_read_int(env, "RANKSTREAM_MAX_EVENTS_PER_REQUEST", 1000, 1, 10_000),
             rate_limit_per_minute=_read_int(env, "RANKSTREAM_RATE_LIMIT_PER_MINUTE", 600, 0, 6_000_000),
             rate_limit_burst_requests=_read_int(env, "RANKSTREAM_RATE_LIMIT_BURST_REQUESTS", 100, 1, 1_000_000),
             auth_failures_per_minute=_read_int(env, "RANKSTREAM_AUTH_FAILURES_PER_MINUTE", 60, 0, 6_000_000),
             auth_failure_burst=_read_int(env, "RANKSTREAM_AUTH_FAILURE_BURST", 30, 1, 1_000_000),
-            max_clock_skew_s=_read_int(env, "RANKSTREAM_MAX_CLOCK_SKEW_S", 60, 0, 3600),
+            max_clock_skew_s=_read_int(env, "RANKSTREAM_MAX_CLOCK_SKEW_S", 300, 0, 3600),
             allowed_metrics=_read_metrics(env, "RANKSTREAM_ALLOWED_METRICS"),
             metric_bounds=_read_metric_bounds(env, "RANKSTREAM_METRIC_BOUNDS"),
         )
