@@ -29,3 +29,21 @@ async def test_unexpected_error_hides_details(settings: Settings, redis_client) 
     assert "Traceback" not in text
     assert "hunter2" not in text
     assert secret not in text
+
+
+async def test_body_not_matching_encoding_is_400(settings: Settings, redis_client) -> None:
+    """A body that is not what its Content-Encoding says gets 400 problem+json, not 500."""
+    from tests.helpers import new_key
+
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with ingest_client(settings) as http:
+        response = await http.post("/v1/events", data=b"not gzip", headers=headers)
+        body = await response.json(content_type=None)
+
+    assert response.status == 400
+    assert response.content_type == "application/problem+json"
+    assert body["type"] == "urn:rankstream:problem:invalid-body"
+    assert body["detail"] == (
+        "the request body could not be read; check that it matches its Content-Encoding header, or send it uncompressed"
+    )

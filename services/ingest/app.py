@@ -10,6 +10,7 @@ import asyncpg
 import redis.asyncio as redis
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from services.gateway.page import add_live_page_routes
 from services.ingest.activities.upload import add_activity_routes
@@ -17,9 +18,9 @@ from services.ingest.appender import Appender
 from services.ingest.auth import AuthError, Authenticator
 from services.ingest.auth_failures import AuthFailureLimit
 from services.ingest.events import post_events
+from services.ingest.observe import add_probe_routes, ingest_probes, metrics_middleware
 from services.ingest.admin_keys import delete_key, get_keys, post_key
 from services.ingest.openapi import get_openapi
-from services.ingest.observe import add_probe_routes, ingest_probes, metrics_middleware
 from services.ingest.problems import problem
 from services.ingest.rate_limit import RateLimited, RateLimiter
 from services.ingest.rules import EventRules
@@ -59,6 +60,13 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         log.info("request rate limited", retry_after_ms=error.allowance.retry_after_ms)
         response = problem(
             429, "rate-limited", "Too many requests", error.detail, headers={"Retry-After": str(error.allowance.retry_after_s)}
+        )
+    except RequestPayloadError as error:
+        # The body could not be read as sent, e.g. Content-Encoding: gzip on a body that is not gzip.
+        log.info("request body unreadable", error=str(error))
+        response = problem(
+            400, "invalid-body", "Invalid body",
+            "the request body could not be read; check that it matches its Content-Encoding header, or send it uncompressed",
         )
     except web.HTTPRequestEntityTooLarge:
         response = problem(413, "body-too-large", "Body too large", f"the request body exceeds {security.max_body_bytes} bytes; send a smaller batch")
@@ -114,11 +122,11 @@ def create_app(
     add_admin_board_routes(app)
     add_visibility_routes(app)
     app.router.add_get("/healthz", healthz)
-    add_probe_routes(app, ingest_probes(client, pool, names))
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_post("/v1/admin/keys", post_key)
     app.router.add_get("/v1/admin/keys", get_keys)
     app.router.add_delete(r"/v1/admin/keys/{key_id:\d{1,18}}", delete_key)
+    add_probe_routes(app, ingest_probes(client, pool, names))
     add_activity_routes(app, settings)
     add_live_page_routes(app, settings)
     return app
