@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import structlog
 
+from shared.embedded import EmbeddedServerError
 from shared.logs import configure_logging
 from shared.runtime import resolve_servers
 from shared.settings import Settings, SettingsError
@@ -147,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
     simulate.set_defaults(handler=_simulate)
 
+    from services.import_command import add_import_parser
+
+    add_import_parser(commands)
+
     from services.dlq_command import add_dlq_parser
 
     add_dlq_parser(commands)
@@ -156,10 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_boards_parser(commands)
     add_rebuild_parser(commands)
-
-    from services.import_command import add_import_parser
-
-    add_import_parser(commands)
 
     status = commands.add_parser("status", help="show consumer groups, stream length, dead letters, Redis memory and board periods")
     status.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
@@ -176,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as error:
         print(f"rankstream: {error}", file=sys.stderr)
         code = 2
+    except EmbeddedServerError as error:
+        # Most often a server of an earlier run still holds the data directory.
+        print(f"rankstream: {error}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

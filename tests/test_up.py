@@ -116,3 +116,17 @@ def test_missing_servers_explained(tmp_path: Path) -> None:
     result = cli("ranker", env=env)
     assert result.returncode == 2
     assert "RANKSTREAM_REDIS_URL and RANKSTREAM_DATABASE_URL not set and no running 'rankstream up' found" in result.stderr
+
+
+def test_up_server_failure_is_one_line(tmp_path: Path) -> None:
+    """A server that cannot start ends up with one clear line, and what did start is stopped."""
+    env = up_env(tmp_path, free_port(), free_port())
+    broken = tmp_path / "data" / "postgres"
+    broken.mkdir(parents=True)
+    (broken / "PG_VERSION").write_text("not a cluster\n")
+    result = cli("up", env=env)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == f"rankstream: postgres exited with code 2; see {broken / 'postgres.log'}"
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "runtime.json").exists()
