@@ -14,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 
-# The largest integer a double, and so a sorted-set score, holds exactly.
+# The largest integer that a double, and so a sorted-set score, stores exactly.
 MAX_EXACT_INTEGER = 2**53
 
 IdString = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@~+-]+$")]

@@ -110,7 +110,7 @@ def test_bad_setting_named_in_error(tmp_path: Path) -> None:
 
 
 def test_missing_servers_explained(tmp_path: Path) -> None:
-    """Without URLs and without a running up, a service says how to provide the servers."""
+    """Without URLs and without a running up, a service explains how to provide the servers."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("RANKSTREAM_")}
     env["RANKSTREAM_DATA_DIR"] = str(tmp_path)
     result = cli("ranker", env=env)

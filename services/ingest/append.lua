@@ -15,9 +15,9 @@
 local ttl_s = tonumber(ARGV[1])
 local max_entries = tonumber(ARGV[2])
 
--- previous[i] is the body hash event i is compared with: the stored one, or
--- that of an earlier event of this request with the same id, so a repeated id
--- inside one request is a duplicate or a conflict, never a second entry.
+-- previous[i] is the body hash that event i is compared with. It is the stored
+-- hash, or that of an earlier event of this request with the same id. So a
+-- repeated id inside one request is a duplicate or a conflict, not a second entry.
 local previous = {}
 local first_in_request = {}
 local new_events = 0

@@ -154,5 +154,5 @@ def decode_events(
             f"the request holds {len(items)} events; send at most {max_events} per request",
         )
     if not items:
-        raise BodyError(400, "invalid-body", "Invalid body", "the request holds no events; send at least one")
+        raise BodyError(400, "invalid-body", "Invalid body", "the request contains no events; send at least one")
     return [item if isinstance(item, Rejection) else _checked(item, boards, rules, now) for item in items]
