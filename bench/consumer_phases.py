@@ -72,9 +72,10 @@ async def drain_run(cluster: Cluster, *, service: str, consumers: int, entries: 
     client = redis.Redis.from_url(cluster.redis_url)
     processes: list[subprocess.Popen] = []
     try:
-        # An existing stream keeps a starting ranker from rebuilding this namespace from PostgreSQL,
-        # which it does when Redis looks empty while the events table is not.
         await client.xgroup_create(names.events_stream, group, id="0", mkstream=True)
+        # The marker a ranker writes once its boards hold every persisted event; without it a starting
+        # ranker would rebuild this empty namespace from the whole events table.
+        await client.set(names.boards_built, "1")
         ports = [free_port() for _ in range(consumers)]
         for index, port in enumerate(ports):
             log = open(log_dir / f"{namespace}-{index}.log", "ab")  # noqa: SIM115 - the child process owns it
