@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"rankstream: {error}", file=sys.stderr)
         code = 2
     except EmbeddedServerError as error:
-        # Most often a server of an earlier run still holds the data directory.
+        # Most often a server of an earlier run still uses the data directory.
         print(f"rankstream: {error}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:

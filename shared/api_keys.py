@@ -25,7 +25,7 @@ _USER_ID = re.compile(r"^[A-Za-z0-9._:@~+-]{1,64}$")
 
 
 class KeyKind(enum.Enum):
-    """What a key may do: post for one athlete, post for anyone, or administer."""
+    """Permission level of a key: post for one athlete, post for anyone, or administer."""
 
     DEVICE = "device"
     SERVER = "server"

@@ -23,7 +23,7 @@ from shared.schema import MAX_EXACT_INTEGER, field_error_from_validation
 
 
 class Operator(enum.Enum):
-    """How a board combines an athlete's events into one score."""
+    """Rule that combines an athlete's events into one score."""
 
     SUM = "sum"
     BEST = "best"
@@ -32,7 +32,7 @@ class Operator(enum.Enum):
 
 
 class Order(enum.Enum):
-    """Which scores rank first."""
+    """Ranking direction: whether higher or lower scores come first."""
 
     HIGHER = "higher"
     LOWER = "lower"
@@ -217,7 +217,7 @@ class BoardRegistry:
     """Boards by id and by metric, for the ingest, ranker and read paths.
 
     :meth:`replace` swaps the definitions in place, so every holder of the
-    registry sees a reload without being handed a new object.
+    registry gets a reload without being handed a new object.
     """
 
     def __init__(self, boards: Iterable[Board] = ()) -> None:
@@ -232,8 +232,8 @@ class BoardRegistry:
             by_id[board.id] = board
             by_metric.setdefault(board.metric, []).append(board)
         # Update the dicts in place, without an await in between, so code that
-        # kept a reference to ``by_id`` or ``by_metric`` sees the new boards and
-        # no coroutine sees a half-built registry.
+        # kept a reference to ``by_id`` or ``by_metric`` gets the new boards and
+        # no coroutine reads a half-built registry.
         self.by_id.clear()
         self.by_id.update(by_id)
         self.by_metric.clear()

@@ -4,7 +4,7 @@ Keys that one command or script touches together share a hash tag (the part in
 braces), so the layout works unchanged on Redis Cluster:
 
 - ``{ns}:{events}:stream`` is the events stream; ``{ns}:{events}:seen:<event_id>``
-  holds the body hash of an accepted event for de-duplication, and
+  contains the body hash of an accepted event for de-duplication, and
   ``{ns}:{events}:dead`` is the dead-letter stream. Ingest appends and records
   in one script, so these share the ``{events}`` tag.
 - ``{ns}:{events}:failed:<group>`` maps the stream id of an entry whose handler

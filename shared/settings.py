@@ -17,7 +17,7 @@ _NAMESPACE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class SettingsError(ValueError):
-    """An environment variable holds a value Rankstream cannot use."""
+    """An environment variable contains a value Rankstream cannot use."""
 
 
 def _read_int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:

@@ -32,7 +32,7 @@ async def test_unexpected_error_hides_details(settings: Settings, redis_client) 
 
 
 async def test_body_not_matching_encoding_is_400(settings: Settings, redis_client) -> None:
-    """A body that is not what its Content-Encoding says gets 400 problem+json, not 500."""
+    """A body that does not match its Content-Encoding gets 400 problem+json, not 500."""
     from tests.helpers import new_key
 
     key = await new_key(settings)

@@ -150,7 +150,7 @@ def plan_resume(since: int | None, redis_seq: int, history: BoardHistory) -> tup
     """Decide a new subscription's first message: ``(resumed, seq, changes)``.
 
     Without ``since``, or when ``since`` is beyond the board's counter (the board
-    was reset), the answer is a fresh snapshot at the counter. When the gateway
+    was reset), the result is a fresh snapshot at the counter. When the gateway
     still has every change after ``since`` the snapshot is ``resumed`` and carries
     them. A ``since`` between this gateway's last update and the counter comes
     from a client that another gateway served further; it has nothing to catch up.

@@ -90,7 +90,7 @@ class Gateway:
     # -- HTTP before the upgrade ------------------------------------------------
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Answer probes and stats, then check path, origin, per-IP limit and token before the upgrade."""
+        """Respond to probe and stats requests, then check path, origin, per-IP limit and token before the upgrade."""
         probe = await probe_response(self.probes, connection, request)
         if probe is not None:
             return probe
@@ -271,7 +271,7 @@ class Gateway:
             client.subscriptions.pop(message.id, None)
             self.hub.remove(subscription)
             log.warning("snapshot read failed", subscription_id=message.id, board=view.board, error=str(error))
-            raise ProtocolError("unavailable", "the leaderboard store did not answer; subscribe again in a few seconds", message.id) from None
+            raise ProtocolError("unavailable", "the leaderboard store did not respond; subscribe again in a few seconds", message.id) from None
         except BaseException:
             client.subscriptions.pop(message.id, None)
             self.hub.remove(subscription)

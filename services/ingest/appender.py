@@ -55,7 +55,7 @@ class NotDurable(AppendUnavailable):
 
 
 def body_hash(event: ScoreEvent) -> str:
-    """Hash what an event says, with occurred_at in UTC, so equal re-posts match."""
+    """Hash an event's content, with occurred_at in UTC, so equal re-posts match."""
     canonical = msgspec.structs.replace(event, occurred_at=event.occurred_at.astimezone(timezone.utc))
     return hashlib.blake2b(msgspec.json.encode(canonical), digest_size=16).hexdigest()
 

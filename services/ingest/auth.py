@@ -50,7 +50,7 @@ def require_admin(key: ApiKey) -> None:
 
 
 class Authenticator:
-    """Look keys up by hash in PostgreSQL, caching each answer for ``cache_ttl_s``."""
+    """Look keys up by hash in PostgreSQL, caching each result for ``cache_ttl_s``."""
 
     def __init__(self, pool: asyncpg.Pool, cache_ttl_s: float, clock: Callable[[], datetime]) -> None:
         self.pool = pool

@@ -138,7 +138,7 @@ def decode_events(
 ) -> list[Item]:
     """Decode a request body into one item per event, in request order.
 
-    Raises BodyError when the body is not JSON, has the wrong shape or holds more
+    Raises BodyError when the body is not JSON, has the wrong shape or contains more
     than ``max_events`` events; a bad event only rejects that event. With
     ``rules`` and ``now`` each event also passes the anti-cheat rules and comes
     back with its display name cleaned; without them only the value is checked.

@@ -61,7 +61,7 @@ def unavailable_problem(error: AppendUnavailable | RedisConnectionError | RedisT
         return problem(503, error.slug, "Service unavailable", error.detail, headers={"Retry-After": str(error.retry_after_s)})
     log.warning("events not accepted, redis unavailable", key_id=key_id, error=str(error))
     return problem(
-        503, "store-unavailable", "Service unavailable", "the event store did not answer; retry the same request later, events already stored count once",
+        503, "store-unavailable", "Service unavailable", "the event store did not respond; retry the same request later, events already stored count once",
         headers={"Retry-After": str(state.appender.retry_after_s)},
     )
 

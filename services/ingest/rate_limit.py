@@ -37,7 +37,7 @@ class Allowance:
 
 
 class RateLimited(Exception):
-    """A bucket is empty; ``detail`` says which limit, retry after ``allowance.retry_after_s``."""
+    """A bucket is empty; ``detail`` names the limit; retry after ``allowance.retry_after_s``."""
 
     def __init__(self, allowance: Allowance, limit_per_minute: int, detail: str | None = None) -> None:
         if detail is None:
@@ -67,7 +67,7 @@ class RateLimiter:
     async def take(self, subject: str, cost: int = 1) -> Allowance:
         """Take ``cost`` tokens from ``subject``'s bucket; return whether the request may go on.
 
-        A ``cost`` of 0 takes nothing: the allowance then says whether a token
+        A ``cost`` of 0 takes nothing: the allowance then reports whether a token
         is left, and ``retry_after_ms`` is the wait until one is.
         """
         if self.per_minute == 0:
