@@ -32,10 +32,10 @@ NEXT_STEPS = {
         "the load generator, Valkey and PostgreSQL."
     ),
     "push": (
-        "The gateway sends each subscription at most RANKSTREAM_WS_MAX_UPDATES_PER_S updates per second (10 by "
-        "default), so under steady load a change waits up to 100 ms for the next push slot. The row measured "
-        "through a second gateway with the limit at 100 shows the latency without most of that wait; raising the "
-        "limit sends clients more messages. The rest is the time through ingest, the stream and the ranker."
+        "The gateway sends each subscription at most RANKSTREAM_WS_MAX_UPDATES_PER_S updates per second (50 by "
+        "default), so under steady load a change waits up to 20 ms for the next push slot. The row measured "
+        "through a second gateway with the limit at 10 shows what slower pacing adds. The rest is the time "
+        "through ingest, the stream and the ranker: see the CPU line for the process that is short of a core."
     ),
     "reads": (
         "A read is a few sequential Valkey round trips (shared/standings.py) plus the HTTP handling. When the ingest "

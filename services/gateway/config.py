@@ -51,7 +51,7 @@ def _read_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 class GatewayConfig:
     """Limits of one gateway process; see ``docs/websocket.md`` for each variable."""
 
-    max_updates_per_s: float = 10.0
+    max_updates_per_s: float = 50.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
     idle_timeout_s: float = 60.0
@@ -84,7 +84,7 @@ class GatewayConfig:
             )
         origins = frozenset(origin.strip().rstrip("/") for origin in (env.get("RANKSTREAM_WS_ALLOWED_ORIGINS") or "").split(",") if origin.strip())
         return cls(
-            max_updates_per_s=_read_number(env, "RANKSTREAM_WS_MAX_UPDATES_PER_S", 10.0, 0.1, 1000.0),
+            max_updates_per_s=_read_number(env, "RANKSTREAM_WS_MAX_UPDATES_PER_S", 50.0, 0.1, 1000.0),
             ping_interval_s=_read_number(env, "RANKSTREAM_WS_PING_INTERVAL_S", 20.0, 0.05, 3600.0),
             ping_timeout_s=_read_number(env, "RANKSTREAM_WS_PING_TIMEOUT_S", 20.0, 0.05, 3600.0),
             idle_timeout_s=_read_number(env, "RANKSTREAM_WS_IDLE_TIMEOUT_S", 60.0, 0.05, 86_400.0),
