@@ -230,16 +230,18 @@ async def test_unknown_key_flood_keeps_real_keys_cached(
 
 
 async def test_failed_authentications_limited_per_address(settings: Settings, redis_client) -> None:
-    """After the burst of 401s, even a valid key from that address gets 429; requests without a key do not."""
-    limited = replace(settings, auth_failures_per_minute=6, auth_failure_burst=3)
+    """After the burst of 401s, a key not verified yet gets 429; a verified key and anonymous reads go on."""
+    limited = replace(settings, auth_failures_per_minute=6, auth_failure_burst=3, api_key_cache_ttl_s=300)
     key = await new_key(settings)
+    unverified_key = await new_key(settings)
     async with ingest_client(limited) as http:
         valid_first = await http.post("/v1/events", json=[event("e1")], headers=bearer(key))
         started_s = time.monotonic()
         failures = [(await http.post("/v1/events", json=[event("x")], headers=bearer(f"rsk_guess{i}"))).status for i in range(3)]
-        blocked = await http.post("/v1/events", json=[event("e2")], headers=bearer(key))
+        blocked = await http.post("/v1/events", json=[event("e2")], headers=bearer(unverified_key))
         elapsed_ms = (time.monotonic() - started_s) * 1000
         blocked_body = await blocked.json(content_type=None)
+        verified = await http.post("/v1/events", json=[event("e3")], headers=bearer(key))
         anonymous_read = await http.get("/v1/boards")
 
     # One token takes 10,000 ms to refill; the requests themselves refilled up to elapsed_ms of it.
@@ -251,5 +253,6 @@ async def test_failed_authentications_limited_per_address(settings: Settings, re
     assert blocked_body["detail"] == (
         f"too many failed authentications from this address (at most 6 a minute); retry after {retry_after_s} s with a valid key"
     )
+    assert verified.status == 202
     assert anonymous_read.status == 200
-    assert await stream_length(redis_client, settings) == 1
+    assert await stream_length(redis_client, settings) == 2

@@ -19,8 +19,8 @@ from importlib import resources
 
 import msgspec
 import redis.asyncio as redis
-from redis.exceptions import ResponseError
 
+from shared.command_batcher import CommandBatcher
 from shared.names import Names
 from shared.schema import ScoreEvent, StreamEvent
 
@@ -61,7 +61,7 @@ def body_hash(event: ScoreEvent) -> str:
 
 
 class Appender:
-    """Append events with one script call per request, then wait for the fsync unless relaxed."""
+    """Append events with one script call per request, batched with other requests' calls, then wait for the fsync unless relaxed."""
 
     def __init__(
         self,
@@ -84,6 +84,7 @@ class Appender:
         self.max_backlog = max_backlog
         self.retry_after_s = retry_after_s
         self.script = client.register_script(APPEND_SCRIPT)
+        self.batcher = CommandBatcher(client, wait_aof_timeout_ms=None if durability == "relaxed" else waitaof_timeout_ms)
 
     async def append(self, events: Sequence[ScoreEvent], received_at: datetime) -> list[str]:
         """Return, per event, its new stream id, DUPLICATE or CONFLICT.
@@ -121,21 +122,18 @@ class Appender:
         return [reply.decode() if isinstance(reply, bytes) else reply for reply in replies]
 
     async def _append_and_wait(self, keys: list[str], args: list) -> list:
-        if self.durability == "relaxed":
-            return await self.script(keys=keys, args=args)
-
-        # WAITAOF waits for the writes of its own connection, so the script
-        # and the wait go through one pipeline, which uses one connection.
-        async with self.client.pipeline(transaction=False) as pipe:
-            await self.script(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAITAOF", 1, 0, self.waitaof_timeout_ms)
-            replies, waited = await pipe.execute(raise_on_error=False)
+        # Appends of concurrent requests share one pipeline, which ends with
+        # WAITAOF unless durability is relaxed.
+        reply = await self.batcher.call(self.script, keys, args)
+        replies = reply.value
         if isinstance(replies, Exception):
             raise replies
-        if replies and replies[0] == _FULL:
+        if self.durability == "relaxed" or (replies and replies[0] == _FULL):
             return replies
-        if isinstance(waited, ResponseError):
-            raise NotDurable(f"the server cannot confirm writes on disk ({waited}); enable appendonly or set RANKSTREAM_DURABILITY=relaxed", self.retry_after_s)
-        if int(waited[0]) < 1:
+        if isinstance(reply.on_disk, Exception):
+            raise NotDurable(
+                f"the server cannot confirm writes on disk ({reply.on_disk}); enable appendonly or set RANKSTREAM_DURABILITY=relaxed", self.retry_after_s
+            )
+        if reply.on_disk is None or reply.on_disk < 1:
             raise NotDurable(f"the append was not confirmed on disk within {self.waitaof_timeout_ms} ms; retry, a repeated event counts once", self.retry_after_s)
         return replies

@@ -88,6 +88,17 @@ class Authenticator:
             raise AuthError(401, f"the API key is {state}; create a new one with 'rankstream keys create'")
         return key
 
+    def verified(self, header: str | None) -> bool:
+        """Return whether ``header`` carries a key this process looked up and found usable within the cache time."""
+        if not header:
+            return False
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > MAX_KEY_CHARACTERS:
+            return False
+        cached = self._cache.get(hash_key(token))
+        return cached is not None and cached[0] > time.monotonic() and cached[1].usable_at(self.clock())
+
     def forget(self) -> None:
         """Drop every cached lookup, so a revocation made by this process applies at once."""
         self._cache.clear()

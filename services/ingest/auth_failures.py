@@ -3,8 +3,10 @@
 Each 401 sent in response to a request that carried an ``Authorization`` header takes
 a token from the bucket of the client's address. While that bucket is empty,
 every request from the address that carries the header gets 429 before its
-key is looked up, so a guessed key cannot be confirmed either. Requests
-without the header (the read API) are never counted or blocked.
+key is looked up, so a guessed key cannot be confirmed either. The error
+middleware skips the check for a key this process verified within its cache
+time: that key is in use, not guessed. Requests without the header (the read
+API) are never counted or blocked.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.command_batcher import CommandBatcher
 from shared.names import Names
 
 log = structlog.get_logger(__name__)
@@ -57,11 +58,15 @@ class RateLimiter:
     anyway, and admin calls keep working during a Redis outage.
     """
 
-    def __init__(self, client: redis.Redis, names: Names, per_minute: int, burst_requests: int) -> None:
+    def __init__(
+        self, client: redis.Redis, names: Names, per_minute: int, burst_requests: int, *, batcher: CommandBatcher | None = None
+    ) -> None:
         self.names = names
         self.per_minute = per_minute
         self.burst_requests = burst_requests
         self.script = client.register_script(RATE_LIMIT_SCRIPT)
+        # Limiters of one process share a batcher, so their checks share round trips.
+        self.batcher = batcher if batcher is not None else CommandBatcher(client)
         self._outage_logged_at = -math.inf
 
     async def take(self, subject: str, cost: int = 1) -> Allowance:
@@ -73,15 +78,16 @@ class RateLimiter:
         if self.per_minute == 0:
             return Allowance(True, 0, self.burst_requests)
         try:
-            allowed, wait_ms, remaining, wait_one_ms = await self.script(
-                keys=[self.names.rate_limit_bucket(subject)], args=[self.burst_requests, self.per_minute, cost]
-            )
+            reply = await self.batcher.call(self.script, [self.names.rate_limit_bucket(subject)], [self.burst_requests, self.per_minute, cost])
         except (RedisConnectionError, RedisTimeoutError) as error:
             now = time.monotonic()
             if now - self._outage_logged_at >= _OUTAGE_LOG_INTERVAL_S:
                 self._outage_logged_at = now
                 log.warning("rate limit check failed, request let through", subject=subject, error=str(error))
             return Allowance(True, 0, 0)
+        if isinstance(reply.value, Exception):
+            raise reply.value
+        allowed, wait_ms, remaining, wait_one_ms = reply.value
         if cost == 0:
             return Allowance(int(remaining) >= 1, int(wait_one_ms), int(remaining))
         return Allowance(bool(allowed), int(wait_ms), int(remaining))

@@ -1,0 +1,110 @@
+"""The command batcher: concurrent script calls share one round trip, and each gets its own reply."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
+
+from shared.command_batcher import CommandBatcher
+from shared.embedded import free_port
+from shared.settings import Settings
+
+# Appends ARGV[1] to the list KEYS[1] and returns the new length, or fails on "bad".
+PUSH = """
+if ARGV[1] == 'bad' then
+  return redis.error_reply('bad value')
+end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+
+async def test_concurrent_calls_share_one_pipeline(settings: Settings, redis_client) -> None:
+    """Ten calls made together go out as one pipeline, run in call order, and each gets its own reply."""
+    batcher = CommandBatcher(redis_client)
+    script = redis_client.register_script(PUSH)
+    key = f"{settings.namespace}:batched"
+
+    replies = await asyncio.gather(*(batcher.call(script, [key], [f"v{i}"]) for i in range(10)))
+
+    assert [reply.value for reply in replies] == list(range(1, 11))
+    assert [reply.on_disk for reply in replies] == [None] * 10
+    assert await redis_client.lrange(key, 0, -1) == [f"v{i}".encode() for i in range(10)]
+    assert batcher.pipelines_sent == 1
+    assert batcher.calls_sent == 10
+
+
+async def test_calls_during_flight_form_next_pipeline(settings: Settings, redis_client) -> None:
+    """A call made while a pipeline is in flight waits for it, then goes out with the others made meanwhile."""
+    batcher = CommandBatcher(redis_client)
+    script = redis_client.register_script(PUSH)
+    key = f"{settings.namespace}:batched"
+
+    first = asyncio.ensure_future(batcher.call(script, [key], ["a"]))
+    await asyncio.sleep(0)  # the sender task starts and writes the first pipeline
+    await asyncio.sleep(0)
+    later = [asyncio.ensure_future(batcher.call(script, [key], [value])) for value in ("b", "c")]
+    replies = await asyncio.gather(first, *later)
+
+    assert [reply.value for reply in replies] == [1, 2, 3]
+    assert batcher.pipelines_sent == 2
+    assert batcher.calls_sent == 3
+
+
+async def test_error_reply_stays_with_its_call(settings: Settings, redis_client) -> None:
+    """A script error is the reply of its own call only; the calls around it run."""
+    batcher = CommandBatcher(redis_client)
+    script = redis_client.register_script(PUSH)
+    key = f"{settings.namespace}:batched"
+
+    replies = await asyncio.gather(*(batcher.call(script, [key], [value]) for value in ("a", "bad", "c")))
+
+    assert replies[0].value == 1
+    assert isinstance(replies[1].value, ResponseError)
+    assert str(replies[1].value) == "bad value"
+    assert replies[2].value == 2
+    assert await redis_client.lrange(key, 0, -1) == [b"a", b"c"]
+
+
+async def test_flushed_script_cache_runs_each_call_once(settings: Settings, redis_client) -> None:
+    """After SCRIPT FLUSH the batcher loads the script and sends the calls again; each runs exactly once."""
+    batcher = CommandBatcher(redis_client)
+    script = redis_client.register_script(PUSH)
+    key = f"{settings.namespace}:batched"
+    await redis_client.script_flush()
+
+    replies = await asyncio.gather(*(batcher.call(script, [key], [f"v{i}"]) for i in range(3)))
+
+    assert [reply.value for reply in replies] == [1, 2, 3]
+    assert await redis_client.lrange(key, 0, -1) == [b"v0", b"v1", b"v2"]
+
+
+async def test_wait_aof_confirms_every_call(settings: Settings, redis_client) -> None:
+    """With a wait for the append-only file, each call of the pipeline learns that one file confirmed it."""
+    batcher = CommandBatcher(redis_client, wait_aof_timeout_ms=5_000)
+    script = redis_client.register_script(PUSH)
+    key = f"{settings.namespace}:batched"
+
+    replies = await asyncio.gather(*(batcher.call(script, [key], [f"v{i}"]) for i in range(4)))
+
+    assert [reply.value for reply in replies] == [1, 2, 3, 4]
+    assert [reply.on_disk for reply in replies] == [1, 1, 1, 1]
+    assert batcher.pipelines_sent == 1
+
+
+async def test_lost_connection_fails_every_call(settings: Settings) -> None:
+    """When the server cannot be reached, every call of the pipeline raises the connection error."""
+    client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    batcher = CommandBatcher(client)
+    script = client.register_script(PUSH)
+    try:
+        results = await asyncio.gather(*(batcher.call(script, ["k"], ["v"]) for _ in range(3)), return_exceptions=True)
+    finally:
+        await client.aclose()
+
+    assert [type(result) for result in results] == [RedisConnectionError] * 3
+    assert batcher.pipelines_sent == 0
