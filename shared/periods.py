@@ -190,3 +190,33 @@ def accepts_late(board: Board, occurred_at: datetime, received_at: datetime) -> 
     """
     closing = closes_at(board, period_of(board, occurred_at))
     return closing is None or received_at <= closing
+
+
+class PeriodLookup:
+    """Find the period of each instant, reusing the last period found per board.
+
+    Events of one batch mostly fall in the same period, so a lookup is usually
+    two comparisons with the last period's bounds instead of a time zone
+    conversion. Returns the same as :func:`period_of` and :func:`closes_at`.
+    One instance serves one batch; nothing is evicted while it lives.
+    """
+
+    def __init__(self) -> None:
+        # board -> (start, end, period, closing) of the last period found.
+        self._last: dict[Board, tuple[datetime | None, datetime | None, str, datetime | None]] = {}
+
+    def find(self, board: Board, instant: datetime) -> tuple[str, datetime | None]:
+        """Return the id of the period of ``board`` that contains ``instant``, and when it closes (None if never)."""
+        last = self._last.get(board)
+        if last is not None:
+            start, end, period, closing = last
+            if start is None or (start <= instant < end):  # type: ignore[operator]
+                return period, closing
+
+        period = period_of(board, instant)
+        start, end = period_bounds(board, period)
+        closing = None if end is None else end + timedelta(seconds=board.late_grace_s)
+        # Cache only bounds that agree with period_of, so a reused period is always the one period_of returns.
+        if start is None or (end is not None and start <= instant < end):
+            self._last[board] = (start, end, period, closing)
+        return period, closing

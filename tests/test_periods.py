@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from shared.boards import Board, Operator, Reset, WeekStart
-from shared.periods import PeriodStatus, period_bounds, period_of, period_status, previous_period, resets_at, resolve_period
+from shared.periods import PeriodLookup, PeriodStatus, closes_at, period_bounds, period_of, period_status, previous_period, resets_at, resolve_period
 
 
 def board(reset: Reset, timezone_name: str = "UTC") -> Board:
@@ -104,3 +104,26 @@ def test_period_status_open_provisional_final() -> None:
     assert period_status(daily, "2026-12-03", utc("2026-12-04T01:00:00Z")) is PeriodStatus.FINAL
     assert resets_at(daily, utc("2026-12-03T12:00:00Z")) == utc("2026-12-04T00:00:00Z")
     assert resets_at(board(Reset.NEVER), utc("2026-12-03T12:00:00Z")) is None
+
+
+def test_period_lookup_crosses_period_ends() -> None:
+    """PeriodLookup returns the period and closing instant period_of and closes_at return, on both sides of each end."""
+    daily = board(Reset.DAILY, "America/New_York")
+    cron = Board(id="c", metric="m", operator=Operator.SUM, reset=Reset.CRON, cron="0 6 * * 1", timezone="Europe/Berlin")
+    never = board(Reset.NEVER)
+    lookup = PeriodLookup()
+    cases = [
+        (daily, "2026-11-01T03:59:59Z", "2026-10-31", "2026-11-01T05:00:00Z"),
+        (daily, "2026-11-01T04:00:00Z", "2026-11-01", "2026-11-02T06:00:00Z"),
+        (daily, "2026-11-02T04:59:59Z", "2026-11-01", "2026-11-02T06:00:00Z"),
+        (daily, "2026-11-01T03:00:00Z", "2026-10-31", "2026-11-01T05:00:00Z"),
+        (cron, "2026-10-26T04:59:59.5Z", "2026-10-19T04:00:00Z", "2026-10-26T06:00:00Z"),
+        (cron, "2026-10-26T05:00:00Z", "2026-10-26T05:00:00Z", "2026-11-02T06:00:00Z"),
+        (never, "1999-01-01T00:00:00Z", "all", None),
+        (never, "2099-01-01T00:00:00Z", "all", None),
+    ]
+    for found_board, instant, period, closing in cases:
+        expected_closing = None if closing is None else utc(closing)
+        assert lookup.find(found_board, utc(instant)) == (period, expected_closing)
+        assert period_of(found_board, utc(instant)) == period
+        assert closes_at(found_board, period) == expected_closing

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from datetime import datetime
 
 import msgspec
 import redis.asyncio as redis
 import structlog
 
-from services.ranker.script import APPLY_SCRIPT, PeriodBatch, live_keys, parse_changes, script_args
-from shared.boards import BoardError, BoardRegistry, Reset, Scope
+from services.ranker.script import APPLY_SCRIPT, PeriodBatch, live_keys, occurred_key, parse_changes, script_args
+from shared.boards import BoardError, BoardRegistry, Reset, Scope, ranking_id
 from shared.names import Names
-from shared.periods import accepts_late, closes_at, period_of
+from shared.periods import PeriodLookup, closes_at
 from shared.schema import StreamEvent
 from shared.stream import Entry
 
@@ -34,22 +35,30 @@ def plan_batch(boards: BoardRegistry, entries: Sequence[Entry]) -> dict[tuple[st
     board. It still counts on the metric's other boards whose period is open.
     """
     plan: dict[tuple[str, str], PeriodBatch] = {}
+    periods = PeriodLookup()
+    occurred_keys: dict[datetime, str] = {}
     for entry in entries:
         event = entry.event
+        occurred_at = event.occurred_at
+        occurred = occurred_keys.get(occurred_at)
+        if occurred is None:
+            occurred = occurred_keys[occurred_at] = occurred_key(occurred_at)
         for board in boards.for_metric(event.metric):
             try:
                 score = board.sort_score(event.value)
             except BoardError as error:
                 log.error("event skipped on board", board=board.id, event_id=event.event_id, stream_id=entry.stream_id, error=str(error))
                 continue
-            if not accepts_late(board, event.occurred_at, event.received_at):
+            period, closing = periods.find(board, occurred_at)
+            if closing is not None and event.received_at > closing:
                 log.debug("late event skipped on board", board=board.id, event_id=event.event_id, stream_id=entry.stream_id)
                 continue
-            period = period_of(board, event.occurred_at)
             for group in groups_of(event, board.scope):
-                batch = PeriodBatch(board, group, period)
-                batch = plan.setdefault((batch.ranking, period), batch)
-                batch.add(event.event_id, event.user_id, score, event.occurred_at)
+                batch = plan.get((ranking_id(board.id, group), period))
+                if batch is None:
+                    batch = PeriodBatch(board, group, period)
+                    plan[(batch.ranking, period)] = batch
+                batch.args.extend((event.event_id, event.user_id, str(score), occurred))
     return plan
 
 
