@@ -36,6 +36,15 @@ async def scores(client: redis.Redis, settings: Settings, board: Board, period: 
     return [(s.rank, s.user_id, s.score) for s in await read_top(client, Names(settings.namespace), board, period, 100)]
 
 
+async def next_message(pubsub: redis.client.PubSub) -> dict | None:
+    """Return the next pub/sub message, or None when none arrives within 5 s."""
+    for _ in range(50):
+        message = await pubsub.get_message(timeout=0.1)
+        if message is not None:
+            return message
+    return None
+
+
 async def test_sum_adds_values(redis_client: redis.Redis, settings: Settings) -> None:
     """The sum operator adds every event's value."""
     board = Board(id="sum", metric="m", operator=Operator.SUM)
@@ -152,3 +161,41 @@ async def test_failed_apply_records_no_event(redis_client: redis.Redis, settings
     await redis_client.delete(names.board_scores("typed", "all"))
     await ranker.handle([entry(1, "a", 300)])
     assert await scores(redis_client, settings, board) == [(1, "a", 300)]
+
+
+async def test_duplicate_in_batch_counts_once(redis_client: redis.Redis, settings: Settings) -> None:
+    """An event id twice in one batch counts once, and its publish shows the one change."""
+    board = Board(id="dup", metric="m", operator=Operator.SUM)
+    ranker = make_ranker(redis_client, settings, board)
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(Names(settings.namespace).rank_changes_channel)
+    await ranker.handle([entry(1, "a", 300), entry(2, "b", 100), entry(1, "a", 300), entry(3, "a", 5)])
+    message = await next_message(pubsub)
+    await pubsub.aclose()
+    assert await scores(redis_client, settings, board) == [(1, "a", 305), (2, "b", 100)]
+    assert message is not None
+    assert msgspec.json.decode(message["data"]) == {
+        "board": "dup",
+        "period": "all",
+        "seq": 1,
+        "changes": [
+            {"user_id": "a", "score": 305, "rank": 1, "old_score": None, "old_rank": None},
+            {"user_id": "b", "score": 100, "rank": 2, "old_score": None, "old_rank": None},
+        ],
+    }
+
+
+async def test_sum_reports_old_score_and_rank(redis_client: redis.Redis, settings: Settings) -> None:
+    """A sum board's update carries each athlete's score and rank before the batch and after all its events."""
+    board = Board(id="moves", metric="m", operator=Operator.SUM)
+    ranker = make_ranker(redis_client, settings, board)
+    await ranker.handle([entry(1, "a", 50), entry(2, "b", 40)])
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(Names(settings.namespace).rank_changes_channel)
+    await ranker.handle([entry(3, "b", 7), entry(4, "b", 8)])
+    message = await next_message(pubsub)
+    await pubsub.aclose()
+    assert message is not None
+    assert msgspec.json.decode(message["data"])["changes"] == [
+        {"user_id": "b", "score": 55, "rank": 1, "old_score": 40, "old_rank": 2},
+    ]

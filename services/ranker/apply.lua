@@ -8,8 +8,10 @@
 -- ARGV[1] operator (sum | best | latest | count), ARGV[2] now in ms,
 -- ARGV[3] how long applied ids are kept in ms, ARGV[4] tie policy (shared |
 -- first), ARGV[5] number h of hidden athletes, ARGV[6..5+h] their user ids,
--- then groups of four: event id, user id, sorted-set score, occurred_at as 16
+-- ARGV[6+h] the events: groups of four fields, each field followed by the
+-- byte 0x1F: event id, user id, sorted-set score, occurred_at as 16
 -- zero-padded digits (ms since the epoch plus 10^14, so every value is positive).
+-- One argument for all events saves the client encoding four per event.
 --
 -- Returns {seq, user, old score|false, new score, old rank|false, new rank, ...}
 -- for every visible athlete whose score or rank changed, or {} when nothing did.
@@ -37,7 +39,7 @@ for i = 6, 5 + hidden_count do
   hidden[#hidden + 1] = ARGV[i]
   is_hidden[ARGV[i]] = true
 end
-local first_event = 6 + hidden_count
+local events = ARGV[6 + hidden_count]
 
 -- A script that fails half-way keeps the writes it already made, so an event
 -- id recorded before a failing score update would be skipped on every retry.
@@ -113,8 +115,9 @@ end
 
 local before = {}
 local touched = {}
-for i = first_event, #ARGV, 4 do
-  local event_id, user, score, occurred = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+-- Sum and count boards keep ZINCRBY's reply, which ZSCORE would return too, to skip reading it again.
+local incremented = {}
+for event_id, user, score, occurred in string.gmatch(events, '([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31') do
   if redis.call('ZADD', applied, 'NX', now_ms, event_id) == 1 then
     if before[user] == nil then
       local old = redis.call('ZSCORE', scores, user)
@@ -130,20 +133,23 @@ for i = first_event, #ARGV, 4 do
       end
       touched[#touched + 1] = user
     end
-    local current = redis.call('ZSCORE', scores, user)
-    local when = redis.call('HGET', reached, user)
+    -- Each branch reads only what it compares: every read is a call the server pays for per event.
     if operator == 'sum' or operator == 'count' then
-      redis.call('ZINCRBY', scores, score, user)
-      if tie_first and (not when or tonumber(occurred) > tonumber(when)) then
-        redis.call('HSET', reached, user, occurred)
+      incremented[user] = redis.call('ZINCRBY', scores, score, user)
+      if tie_first then
+        local when = redis.call('HGET', reached, user)
+        if not when or tonumber(occurred) > tonumber(when) then
+          redis.call('HSET', reached, user, occurred)
+        end
       end
     elseif operator == 'best' then
+      local current = redis.call('ZSCORE', scores, user)
       if not current or tonumber(score) > tonumber(current) then
         redis.call('ZADD', scores, score, user)
         if tie_first then
           redis.call('HSET', reached, user, occurred)
         end
-      elseif tie_first and tonumber(score) == tonumber(current) and tonumber(occurred) < tonumber(when) then
+      elseif tie_first and tonumber(score) == tonumber(current) and tonumber(occurred) < tonumber(redis.call('HGET', reached, user)) then
         redis.call('HSET', reached, user, occurred)
       end
     elseif operator == 'latest' then
@@ -175,7 +181,7 @@ end
 local changes = {}
 for _, user in ipairs(touched) do
   if not is_hidden[user] then
-    local new = redis.call('ZSCORE', scores, user)
+    local new = incremented[user] or redis.call('ZSCORE', scores, user)
     local old = before[user]
     local new_rank = rank_of(user, new)
     if new ~= old[1] or new_rank ~= old[2] then

@@ -21,6 +21,9 @@ APPLIED_RETENTION_MS = 7 * 24 * 3600 * 1000
 OCCURRED_OFFSET_MS = 10**14
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
+# Ends each event field in the apply script's events argument; ids may not contain control characters.
+FIELD_END = "\x1f"
+
 KEY_PARTS = ("scores", "applied", "seq", "latest_at", "reached", "order")
 
 
@@ -66,8 +69,20 @@ def rebuild_keys(names: Names, ranking: str, period: str) -> list[str]:
     return [names.board_rebuild(ranking, period, part) for part in KEY_PARTS]
 
 
+def pack_events(event_args: list[str]) -> str:
+    """Join event fields into the apply script's one events argument, each field followed by FIELD_END.
+
+    Raises ValueError when a field contains FIELD_END, because the script would then split the events wrongly.
+    """
+    packed = FIELD_END.join(event_args) + FIELD_END if event_args else ""
+    if packed.count(FIELD_END) != len(event_args):
+        field = next(value for value in event_args if FIELD_END in value)
+        raise ValueError(f"event field {field!r} contains the byte 0x1F, which no valid event id or user id contains")
+    return packed
+
+
 def script_args(board: Board, now_ms: int, hidden: list[str], event_args: list[str]) -> list[str]:
-    return [board.operator.value, str(now_ms), str(APPLIED_RETENTION_MS), board.tie.value, str(len(hidden)), *hidden, *event_args]
+    return [board.operator.value, str(now_ms), str(APPLIED_RETENTION_MS), board.tie.value, str(len(hidden)), *hidden, pack_events(event_args)]
 
 
 def parse_changes(board: Board, group: str | None, period: str, reply: list) -> BoardUpdate | None:
