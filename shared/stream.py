@@ -234,9 +234,14 @@ class StreamConsumer:
         next_claim_s = 0.0
         next_trim_s = 0.0
         own_pending_done = False
+        # The group is created again only after Redis was unreachable or returned NOGROUP (it restarted
+        # without its data), because creating it before every read costs a round trip per batch.
+        group_exists = False
         while not self._stopping.is_set():
             try:
-                await ensure_group(self.client, self.stream, self.group)
+                if not group_exists:
+                    await ensure_group(self.client, self.stream, self.group)
+                    group_exists = True
                 if not own_pending_done:
                     # Entries this consumer name read before a restart are still ours.
                     await self._drain_own_pending()
@@ -255,13 +260,19 @@ class StreamConsumer:
             except _StopRequested:
                 break
             except REDIS_UNAVAILABLE as error:
+                group_exists = False
                 delay_s = backoff_delay_s(failures)
                 log.warning("redis unavailable, retrying", group=self.group, consumer=self.consumer, error=str(error), delay_s=round(delay_s, 3))
                 failures += 1
                 await self._sleep(delay_s)
-            except Exception:
+            except Exception as error:
                 delay_s = backoff_delay_s(failures)
-                log.exception("consumer step failed, retrying", group=self.group, consumer=self.consumer, delay_s=round(delay_s, 3))
+                if isinstance(error, ResponseError) and str(error).startswith("NOGROUP"):
+                    # The stream or the group was deleted, for example by a Redis restart without its data.
+                    group_exists = False
+                    log.warning("consumer group missing, creating it", group=self.group, consumer=self.consumer, stream=self.stream, delay_s=round(delay_s, 3))
+                else:
+                    log.exception("consumer step failed, retrying", group=self.group, consumer=self.consumer, delay_s=round(delay_s, 3))
                 failures += 1
                 await self._sleep(delay_s)
 
