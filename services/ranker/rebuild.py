@@ -4,13 +4,20 @@ Steps, per run:
 
 1. Note the newest stream id S0 and wait until the persister group has stored
    every entry up to S0, so PostgreSQL contains every event at or before S0.
-2. Replay the events of each board from PostgreSQL through the apply script
-   into aside keys (``Names.board_rebuild``) in the same hash tag as the live ones.
+   When the stream has no entry, the catch-up starts at the mark that
+   :func:`catch_up_mark` returns instead of at the stream's start.
+2. Read the events of the chosen boards from PostgreSQL, one athlete after the
+   other, fold each athlete's events into the final state the apply script
+   would leave (``services.ranker.replay``), and write those states with bulk
+   ZADD and HSET commands into aside keys (``Names.board_rebuild``) in the same
+   hash tag as the live ones.
 3. Swap each built period in with one script (RENAME of every part), so
    readers see either the old or the new standings, never a mix.
-4. Apply the stream entries after S0 to the new keys. The ranker may have
-   applied some of them to the old keys before the swap; the apply script
-   records event ids with the scores, so every event counts exactly once.
+4. Apply the events after S0, from PostgreSQL and from the stream, to the new
+   keys through the apply script. The ranker may have applied some of them to
+   the old keys before the swap; the aside keys record every replayed event id
+   and the apply script records event ids with the scores, so every event
+   counts exactly once.
 
 Archived (final) periods are skipped unless one is asked for by id.
 """
@@ -18,6 +25,7 @@ Archived (final) periods are skipped unless one is asked for by id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,14 +35,16 @@ import msgspec
 import redis.asyncio as redis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.ranker.group_progress import group_passed, last_stream_id, parse_stream_id
-from services.ranker.ranker import closing_member, plan_batch
-from services.ranker.script import APPLY_SCRIPT, PeriodBatch, live_keys, rebuild_keys, script_args
-from shared.boards import Board, BoardRegistry, Reset
+from services.ranker.group_progress import STREAM_START, group_passed, last_stream_id, parse_stream_id
+from services.ranker.ranker import plan_batch
+from services.ranker.replay import ReplayFold, ReplayWrites
+from services.ranker.replay_writer import queue_writes
+from services.ranker.script import APPLY_SCRIPT, live_keys, rebuild_keys, script_args
+from shared.boards import Board, BoardRegistry
 from shared.names import PERSISTER_GROUP, Names
-from shared.periods import closes_at
 from shared.schema import BoardUpdate, StreamEvent, stream_event_decoder
 from shared.stream import EVENT_FIELD, Entry
 
@@ -44,7 +54,32 @@ log = structlog.get_logger(__name__)
 # rebuilding leaves the lock, which then expires so another can try.
 REBUILD_LOCK_TTL_S = 600
 
+# Events per apply script call in the catch-up.
 BATCH_EVENTS = 500
+
+# The replay reads each athlete's events one after the other, as the fold
+# needs them, and each instant as exact microseconds since the epoch (extract
+# returns numeric since PostgreSQL 14, so nothing is rounded). Ordering
+# by user_id in the column's own collation lets PostgreSQL walk the user_id
+# index and send the first rows at once. A database's default collation is
+# deterministic, so equal ids still come together. Within an athlete,
+# (occurred_at, event_id) order makes the last display name win, as it did
+# when the events were replayed one by one.
+REPLAY_QUERY = (
+    "SELECT event_id, user_id, metric, value,"
+    " (extract(epoch FROM occurred_at) * 1000000)::bigint, (extract(epoch FROM received_at) * 1000000)::bigint,"
+    " display_name, groups"
+    " FROM events WHERE metric = any($1::text[])"
+    " ORDER BY user_id, occurred_at, event_id"
+)
+# Rows the cursor fetches per round trip.
+FETCH_ROWS = 5000
+# Buffered scores and event ids that make the replay hand a pipeline of writes to Redis.
+FLUSH_WRITES = 50_000
+PROGRESS_LOG_S = 5.0
+
+# How far back by the Redis clock the catch-up reads when the stream has no entry; see catch_up_mark.
+EMPTY_STREAM_LOOKBACK_MS = 60_000
 
 # KEYS: the six live keys then the six aside keys, in script.KEY_PARTS order.
 # Renames every built part over the live one, drops live parts the rebuild did
@@ -103,48 +138,40 @@ class Rebuilder:
         """Rebuild ``board_ids`` (default: all), optionally only ``period``; raise RebuildError on a bad request or timeout."""
         boards = self._chosen(board_ids)
         report = RebuildReport()
+        started_s = time.monotonic()
 
         # Step 1: PostgreSQL must hold every event up to the start mark.
         start_mark = await last_stream_id(self.client, self.names)
         await self._wait_persisted(start_mark)
+        catch_up_mark = start_mark if start_mark != STREAM_START else await self._empty_stream_mark()
         await self._restore_hidden()
         hidden = sorted(member.decode() for member in await self.client.smembers(self.names.hidden_users))
         skipped = await self._archived_periods(boards, period)
 
-        # Step 2: replay into the aside keys.
-        total = await self.pool.fetchval("SELECT count(*) FROM events WHERE metric = any($1::text[])", sorted({b.metric for b in boards}))
-        built: dict[tuple[str, str], PeriodBatch] = {}
-        async with self.pool.acquire() as connection, connection.transaction():
-            cursor = connection.cursor(
-                "SELECT event_id, user_id, metric, value, occurred_at, received_at, display_name, groups"
-                " FROM events WHERE metric = any($1::text[]) ORDER BY occurred_at, event_id",
-                sorted({b.metric for b in boards}),
-            )
-            chunk: list[Entry] = []
-            async for row in cursor:
-                chunk.append(Entry(stream_id="0-0", event=_event_of(row)))
-                if len(chunk) >= BATCH_EVENTS:
-                    await self._replay(chunk, boards, period, skipped, hidden, built)
-                    report.events += len(chunk)
-                    chunk = []
-                    if progress is not None:
-                        progress(report.events, total)
-            if chunk:
-                await self._replay(chunk, boards, period, skipped, hidden, built)
-                report.events += len(chunk)
-        if progress is not None:
-            progress(report.events, total)
+        # Step 2: fold the events into final states and write them to the aside keys.
+        metrics = sorted({board.metric for board in boards})
+        total = await self.pool.fetchval("SELECT count(*) FROM events WHERE metric = any($1::text[])", metrics)
+        log.info("rebuild started", boards=[board.id for board in boards], period=period, events=total, start_mark=start_mark, catch_up_mark=catch_up_mark)
+        fold = ReplayFold(boards, period=period, skipped=frozenset(skipped))
+        report.events = await self._replay(fold, metrics, total, progress)
+        log.info(
+            "rebuild replayed", events=report.events, periods=len(fold.built), late_events=fold.late_events,
+            rejected_values=fold.rejected_values, seconds=round(time.monotonic() - started_s, 2),
+        )
 
         # Step 3: swap every built period in at once per period.
-        for (ranking, period_id), batch in built.items():
+        for (ranking, period_id), target in fold.built.items():
             seq = await self.swap_script(keys=[*live_keys(self.names, ranking, period_id), *rebuild_keys(self.names, ranking, period_id)])
-            update = BoardUpdate(board=batch.board.id, period=period_id, seq=int(seq), changes=[], group=batch.group)
+            update = BoardUpdate(board=target.board.id, period=period_id, seq=int(seq), changes=[], group=target.group)
             await self.client.publish(self.names.rank_changes_channel, msgspec.json.encode(update))
             report.periods.append((ranking, period_id))
 
         # Step 4: apply what arrived since the start mark.
-        report.caught_up = await self._catch_up(start_mark, boards, hidden)
-        log.info("rebuild finished", boards=[b.id for b in boards], events=report.events, periods=len(report.periods), caught_up=report.caught_up)
+        report.caught_up = await self._catch_up(catch_up_mark, boards, hidden)
+        log.info(
+            "rebuild finished", boards=[b.id for b in boards], events=report.events, periods=len(report.periods),
+            caught_up=report.caught_up, seconds=round(time.monotonic() - started_s, 2),
+        )
         return report
 
     def _chosen(self, board_ids: Sequence[str] | None) -> list[Board]:
@@ -178,34 +205,58 @@ class Rebuilder:
         )
         return {(row["board_id"], row["group_key"], row["period"]) for row in rows}
 
-    async def _replay(
-        self,
-        chunk: list[Entry],
-        boards: list[Board],
-        period: str | None,
-        skipped: set[tuple[str, str, str]],
-        hidden: list[str],
-        built: dict[tuple[str, str], PeriodBatch],
-    ) -> None:
-        plan = plan_batch(BoardRegistry(boards), chunk)
+    async def _replay(self, fold: ReplayFold, metrics: list[str], total: int, progress: Progress | None) -> int:
+        """Fold every event of ``metrics`` and write the results to the aside keys; return how many events were read.
+
+        One pipeline of writes is in flight while the next rows are read and
+        folded, so PostgreSQL, this process and Redis work at the same time.
+        """
+        # Applied ids expire by real elapsed time, so this is the system clock.
         now_ms = int(time.time() * 1000)
+        events = 0
+        writing: asyncio.Task[None] | None = None
+        logged_s = time.monotonic()
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                async for row in connection.cursor(REPLAY_QUERY, metrics, prefetch=FETCH_ROWS):
+                    fold.add(*row)
+                    events += 1
+                    if fold.buffered < FLUSH_WRITES:
+                        continue
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self._write(fold.take(), now_ms))
+                    if progress is not None:
+                        progress(events, total)
+                    if time.monotonic() - logged_s >= PROGRESS_LOG_S:
+                        logged_s = time.monotonic()
+                        log.info("rebuild progress", events=events, total=total)
+            if writing is not None:
+                await writing
+            writing = None
+            await self._write(fold.finish(), now_ms)
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writing
+        if progress is not None:
+            progress(events, total)
+        return events
+
+    async def _write(self, writes: ReplayWrites, now_ms: int) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
-            for entry in chunk:
-                if entry.event.display_name is not None:
-                    pipe.hset(self.names.display_names, entry.event.user_id, entry.event.display_name)
-            for key, batch in plan.items():
-                if period is not None and batch.period != period:
-                    continue
-                if (batch.board.id, batch.group or "", batch.period) in skipped:
-                    continue
-                if key not in built:
-                    # Aside keys left by an interrupted rebuild must not leak into this one.
-                    pipe.delete(*rebuild_keys(self.names, batch.ranking, batch.period))
-                    built[key] = batch
-                    _record_closing(pipe, self.names, batch)
-                keys = rebuild_keys(self.names, batch.ranking, batch.period)
-                await self.apply_script(keys=keys, args=script_args(batch.board, now_ms, hidden, batch.args), client=pipe)
+            queue_writes(pipe, self.names, writes, now_ms)
             await pipe.execute()
+
+    async def _empty_stream_mark(self) -> str:
+        """Return the catch-up mark when the events stream has no entry; see ``catch_up_mark``."""
+        server_s, server_us = await self.client.time()
+        try:
+            info = await self.client.xinfo_stream(self.names.events_stream)
+        except ResponseError:
+            return catch_up_mark(None, server_s * 1000 + server_us // 1000)
+        return catch_up_mark(_text(info["last-generated-id"]), server_s * 1000 + server_us // 1000)
 
     async def _catch_up(self, start_mark: str, boards: list[Board], hidden: list[str]) -> int:
         """Apply every event after ``start_mark`` to the live keys; return how many entries were read.
@@ -216,13 +267,16 @@ class Rebuilder:
         """
         registry = BoardRegistry(boards)
         milliseconds, sequence = parse_stream_id(start_mark)
-        rows = await self.pool.fetch(
-            "SELECT event_id, user_id, metric, value, occurred_at, received_at, display_name, groups FROM events"
-            " WHERE metric = any($1::text[])"
-            " AND (split_part(stream_id, '-', 1)::bigint, split_part(stream_id, '-', 2)::bigint) > ($2::bigint, $3::bigint)",
-            sorted({board.metric for board in boards}), milliseconds, sequence,
-        )
-        applied = await self._apply_live([Entry(stream_id="0-0", event=_event_of(row)) for row in rows], registry, hidden)
+        applied = 0
+        async with self.pool.acquire() as connection, connection.transaction():
+            cursor = await connection.cursor(
+                "SELECT event_id, user_id, metric, value, occurred_at, received_at, display_name, groups FROM events"
+                " WHERE metric = any($1::text[])"
+                " AND (split_part(stream_id, '-', 1)::bigint, split_part(stream_id, '-', 2)::bigint) > ($2::bigint, $3::bigint)",
+                sorted({board.metric for board in boards}), milliseconds, sequence,
+            )
+            while rows := await cursor.fetch(FETCH_ROWS):
+                applied += await self._apply_live([Entry(stream_id="0-0", event=_event_of(row)) for row in rows], registry, hidden)
         start = f"({start_mark}"
         while True:
             raw = await self.client.xrange(self.names.events_stream, min=start, max="+", count=BATCH_EVENTS)
@@ -249,10 +303,24 @@ class Rebuilder:
         return len(entries)
 
 
-def _record_closing(pipe: redis.client.Pipeline, names: Names, batch: PeriodBatch) -> None:
-    closing = closes_at(batch.board, batch.period)
-    if batch.board.reset is not Reset.NEVER and closing is not None:
-        pipe.zadd(names.closing_periods, {closing_member(batch.board.id, batch.group, batch.period): int(closing.timestamp() * 1000)})
+def catch_up_mark(last_generated_id: str | None, server_ms: int) -> str:
+    """Return the stream id after which the catch-up applies events, when the stream has no entry.
+
+    Every entry up to the stream's last generated id was acknowledged by the
+    persister before it was trimmed, so the replay reads it from PostgreSQL. An
+    entry appended later gets a higher id, taken from the server clock (XADD
+    with ``*``), so the mark is the larger of the last generated id and the
+    server time less EMPTY_STREAM_LOOKBACK_MS. The lookback covers rows that a
+    persister still writes from a stream Redis lost (``last_generated_id`` is
+    None when the stream is missing) and a small step back of the clock.
+    Without it, a lost stream made the catch-up apply every event in
+    PostgreSQL a second time.
+    """
+    lookback = (max(0, server_ms - EMPTY_STREAM_LOOKBACK_MS), 0)
+    if last_generated_id is None:
+        return f"{lookback[0]}-{lookback[1]}"
+    last = parse_stream_id(last_generated_id)
+    return last_generated_id if last >= lookback else f"{lookback[0]}-{lookback[1]}"
 
 
 def _text(value: str | bytes) -> str:
