@@ -37,7 +37,6 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -67,8 +66,7 @@ class DependencyUnavailable(Exception):
     """Raised by a handler when a service it needs is down; the batch is retried later, not counted as a failure."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     """One decoded stream entry."""
 
     stream_id: str
@@ -180,6 +178,7 @@ class StreamConsumer:
         self.failed_key = names.failed_entries(group)
         self.trimmer = StreamTrimmer(client, self.stream, groups)
         self.cleaner = IdleConsumerCleaner(client, self.stream, group, consumer, consumer_idle_delete_ms)
+        self._unparsed = _unparsed_reads(client)
         self._stopping = asyncio.Event()
         self.batches_handled = 0
         self.dead_lettered = 0
@@ -281,12 +280,9 @@ class StreamConsumer:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _read_new(self) -> None:
-        reply = await self.client.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=self.read_count, block=self.block_ms
-        )
-        if not reply:
+        raw = await self._xreadgroup(">", self.read_count, self.block_ms)
+        if not raw:
             return
-        raw = list(reply[0][1])
         # Fill the batch up to read_count for at most batch_wait_ms, so a slow
         # trickle of events still makes few, large batches.
         loop = asyncio.get_running_loop()
@@ -295,18 +291,27 @@ class StreamConsumer:
             remaining_ms = int((deadline - loop.time()) * 1000)
             if remaining_ms <= 0:
                 break
-            more = await self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=self.read_count - len(raw), block=remaining_ms
-            )
-            if more:
-                raw.extend(more[0][1])
+            raw.extend(await self._xreadgroup(">", self.read_count - len(raw), remaining_ms))
         await self._handle(raw, redelivered=False)
+
+    async def _xreadgroup(self, start: str, count: int, block_ms: int | None) -> list:
+        """Read up to ``count`` entries of the group after ``start``; return them as Redis sent them, [id, [field, value, ...]] each.
+
+        redis-py would build a dict per entry; _handle reads the one or two fields it needs itself.
+        """
+        command: list = ["GROUP", self.group, self.consumer, "COUNT", count]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        reply = await self._unparsed.execute_command("XREADGROUP", *command, "STREAMS", self.stream, start)
+        if not reply:
+            return []
+        # RESP2 returns [[stream, entries]] and RESP3 {stream: entries}.
+        return list(next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1])
 
     async def _drain_own_pending(self) -> None:
         start = "0"
         while not self._stopping.is_set():
-            reply = await self.client.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.read_count)
-            raw = reply[0][1] if reply else []
+            raw = await self._xreadgroup(start, self.read_count, None)
             if not raw:
                 return
             await self._handle(raw, redelivered=True)
@@ -343,11 +348,10 @@ class StreamConsumer:
             if fields is None:
                 dead.append((stream_id, b"", "entry deleted from the stream while pending", None))
                 continue
-            target = fields.get(TARGET_GROUP_FIELD)
+            payload, target = _event_fields(fields)
             if target is not None and _as_str(target) != self.group:
                 skipped.append(stream_id)
                 continue
-            payload = fields.get(EVENT_FIELD)
             try:
                 entries.append(Entry(stream_id, stream_event_decoder.decode(payload)))
             except (msgspec.DecodeError, TypeError) as error:
@@ -364,13 +368,16 @@ class StreamConsumer:
             with structlog.contextvars.bound_contextvars(
                 first_stream_id=entries[0].stream_id, last_stream_id=entries[-1].stream_id, batch_entries=len(entries)
             ):
-                await self._process(entries)
+                await self._process(entries, redelivered=redelivered)
         self.batches_handled += 1
         BATCH_SIZE.labels(group=self.group).observe(len(raw))
         BATCH_DURATION.labels(group=self.group).observe(time.perf_counter() - started_s)
 
-    async def _process(self, entries: list[Entry]) -> None:
-        """Handle ``entries``; on failure retry them one by one and record what still fails."""
+    async def _process(self, entries: list[Entry], *, redelivered: bool) -> None:
+        """Handle ``entries``; on failure retry them one by one and record what still fails.
+
+        Only a ``redelivered`` entry can have a recorded error, so only then is one forgotten on acknowledgement.
+        """
         try:
             rejected = await self._call_handler(entries)
         except _StopRequested:
@@ -381,13 +388,16 @@ class StreamConsumer:
                 return
             log.warning("batch failed, retrying entries one by one", group=self.group, entries=len(entries), first_id=entries[0].stream_id, error=_describe(error))
             for entry in entries:
-                await self._process([entry])
+                await self._process([entry], redelivered=redelivered)
             return
 
+        if not rejected:
+            await self._settle([entry.stream_id for entry in entries], [], [], forget_errors=redelivered)
+            return
         by_id = {entry.stream_id: entry for entry in entries}
         dead = [(stream_id, msgspec.json.encode(by_id[stream_id].event), reason, None) for stream_id, reason in rejected.items() if stream_id in by_id]
         acknowledged = [entry.stream_id for entry in entries if entry.stream_id not in rejected]
-        await self._settle(acknowledged, dead, [])
+        await self._settle(acknowledged, dead, [], forget_errors=redelivered)
 
     async def _call_handler(self, entries: list[Entry]) -> Mapping[str, str]:
         """Run the handler, retrying while a dependency is unavailable; raise _StopRequested on stop."""
@@ -453,11 +463,16 @@ class StreamConsumer:
         ]
         return keep, exhausted
 
-    async def _settle(self, acknowledged: list[str], dead: list[DeadEntry], skipped: list[str]) -> None:
-        """Dead-letter, acknowledge and forget the recorded errors of entries, in one transaction.
+    async def _settle(self, acknowledged: list[str], dead: list[DeadEntry], skipped: list[str], *, forget_errors: bool = True) -> None:
+        """Dead-letter, acknowledge and, with ``forget_errors``, forget the recorded errors of entries, in one transaction.
 
         The transaction keeps a crash from leaving an entry both dead-lettered
-        and pending, which would dead-letter it twice.
+        and pending, which would dead-letter it twice. Callers pass
+        ``forget_errors=False`` for entries read new, which have no recorded
+        error, to save sending every id twice.
+        NOTE: an entry read new whose handler outlived ``claim_idle_ms`` may
+        have been claimed and failed elsewhere; its recorded error then stays
+        in ``failed_key`` after the acknowledgement. Nothing reads it again.
         """
         dead = await self._with_delivery_counts(dead)
         async with self.client.pipeline(transaction=True) as pipe:
@@ -466,13 +481,35 @@ class StreamConsumer:
             finished = acknowledged + skipped + [stream_id for stream_id, *_ in dead]
             if finished:
                 pipe.xack(self.stream, self.group, *finished)
-                pipe.hdel(self.failed_key, *finished)
+                if forget_errors:
+                    pipe.hdel(self.failed_key, *finished)
             await pipe.execute()
         if dead:
             self.dead_lettered += len(dead)
             DEAD_LETTERS.labels(group=self.group).inc(len(dead))
         for stream_id, _payload, reason, deliveries in dead:
             log.error("entry moved to dead-letter stream", group=self.group, stream_id=stream_id, deliveries=deliveries, error=reason)
+
+
+def _unparsed_reads(client: redis.Redis) -> redis.Redis:
+    """Return a client on ``client``'s connection pool whose XREADGROUP returns Redis's reply as it came.
+
+    The callback is changed on this second client only, so the caller's client still parses XREADGROUP.
+    """
+    unparsed = redis.Redis(connection_pool=client.connection_pool)
+    unparsed.set_response_callback("XREADGROUP", lambda reply, **_options: reply)
+    return unparsed
+
+
+def _event_fields(fields: list | dict) -> tuple[Any, Any]:
+    """Return the ``event`` and ``group`` values of an entry's fields (a flat field-value list or a dict), None where absent."""
+    if isinstance(fields, dict):
+        return fields.get(EVENT_FIELD), fields.get(TARGET_GROUP_FIELD)
+    # Ingest writes the event field alone; only a replayed dead letter carries more.
+    if len(fields) == 2 and fields[0] == EVENT_FIELD:
+        return fields[1], None
+    found = dict(zip(fields[::2], fields[1::2], strict=True))
+    return found.get(EVENT_FIELD), found.get(TARGET_GROUP_FIELD)
 
 
 def _times_delivered(xpending_reply: list) -> int:
