@@ -80,6 +80,34 @@ class Cluster:
                 continue
         return None
 
+    def postgres_pid(self) -> int | None:
+        """Return the process id of the embedded PostgreSQL server (the postmaster), or None."""
+        for child in psutil.Process(self.process.pid).children(recursive=False):
+            try:
+                if child.name() == "postgres":
+                    return child.pid
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    @contextlib.asynccontextmanager
+    async def paused(self, services: tuple[str, ...]) -> AsyncIterator[None]:
+        """Stop ``services`` with SIGSTOP for the block, then let them go on with SIGCONT.
+
+        A paused consumer reads nothing, so a phase measures the process under
+        test without the consumers sharing the cores. The backlog it leaves
+        is worked off after the block.
+        """
+        pids = [pid for pid in (self.service_pid(service) for service in services) if pid is not None]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def child_env(self, **extra: str) -> dict[str, str]:
         """Environment for an extra service process next to the cluster (own ports, same servers)."""
         return {**self.env, "RANKSTREAM_REDIS_URL": self.redis_url, "RANKSTREAM_DATABASE_URL": self.database_url, **extra}

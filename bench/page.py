@@ -79,6 +79,21 @@ def _profile_lines(profiles: dict | None, cpu_cores: dict | None) -> list[str]:
     return lines
 
 
+def _cpu_per_event(run: dict) -> list[str]:
+    """Return the CPU each process spent per accepted event, and the rate the machine's cores allow at that cost."""
+    seconds, events = run.get("cpu_seconds"), run.get("events_accepted")
+    if not seconds or not events:
+        return []
+    per_event_us = {service: 1e6 * used / events for service, used in seconds.items()}
+    total_us = sum(per_event_us.values())
+    spent = ", ".join(f"{service} {value:.1f}" for service, value in per_event_us.items())
+    cores = os.cpu_count() or 1
+    return [
+        f"  - CPU per accepted event, in microseconds: {spent}; {total_us:.1f} in all. At that cost "
+        f"{cores} cores carry at most {cores * 1e6 / total_us:,.0f} events/s, whatever the scheduling."
+    ]
+
+
 def _missed(results: dict, rows: list[Row]) -> list[str]:
     """Describe each missed target: by how much, what the profile shows and the next step."""
     out = []
@@ -116,6 +131,8 @@ def _missed(results: dict, rows: list[Row]) -> list[str]:
                 "uvloop in C: polling, socket reads and writes, callbacks):"
             )
             out += ["  " + line for line in profile_lines]
+        if key == "e2e":
+            out += ["  " + line for line in _cpu_per_event(results.get("end_to_end") or {})]
         if key == "rebuild":
             profile_lines = _profile_lines({"rebuild (in the harness)": (results.get("rebuild") or {}).get("profile", {"error": "not recorded"})}, None)
             out.append("  What bounds it (py-spy at 100 Hz, the first seconds of the rebuild):")
@@ -254,7 +271,8 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         f"- Load average (1, 5, 15 minutes) just before the run: {', '.join(str(value) for value in machine.get('load_average_before', []))}; "
         "anything above zero is other work that shared the cores.",
         "- Everything runs on this one machine at once: embedded Valkey and PostgreSQL (from `rankstream up`), the four "
-        "services and the load generator, so each figure includes the competition for the same cores.",
+        "services and the load generator, so each figure includes the competition for the same cores. The one "
+        "exception is the pair of ingest-alone rows, during which the ranker and the persister are paused.",
         f"- Board: {_fmt(sizes['athletes'])} athletes; COPY, rebuild and the naive baseline use {_fmt(sizes['athletes'])} events, one per athlete.",
         f"- Raw Valkey: {_fmt(sizes['pipe_events'])} events and {_fmt(sizes['pipe_reads'])} reads per command group.",
         f"- Single-event ingest: {sizes['single_concurrency']} connections for {sizes['single_s']} s. Batches: "
@@ -270,7 +288,10 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "",
         "- The load generator (`bench/http_load.py`) is a small asyncio HTTP/1.1 client on keep-alive connections; "
         "latency is from writing a request to reading its whole response.",
-        "- Ingest: closed loop, one event per POST, then batches of 100. End to end divides the accepted events by the "
+        "- Ingest alone: closed loop, one event per POST, with the ranker and the persister stopped by SIGSTOP for the "
+        "phase, so the figure is what one ingest process takes; they work off the backlog before the next phase. The "
+        "same load with them running is the row that says so.",
+        "- End to end: closed loop, batches of 100, everything running. It divides the accepted events by the "
         "time from the first POST until both consumer groups had acknowledged the last entry: the rate the whole "
         "pipeline sustains. The backlog samples under Details show how far ingest ran ahead of the consumers.",
         "- `rankstream up` runs one process of each service, so every figure except \"consumers alone\" is for one "
@@ -282,7 +303,8 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "- Limits: `valkey-cli --pipe` sends the commands the ingest script, the apply script and the read path issue, "
         "pipelined, to the same Valkey; COPY loads the same events table the persister writes.",
         "- Profiles: py-spy samples the service processes during the phases, and the harness itself during the rebuild, "
-        "whose code runs inside the harness. It also counts the CPU seconds each service used.",
+        "whose code runs inside the harness. It also counts the CPU seconds each service used, PostgreSQL's "
+        "processes included.",
         "",
         "## Missed targets",
         "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -106,6 +107,7 @@ def log(message: str) -> None:
 
 
 SERVICES = ("ingest", "ranker", "persister", "gateway")
+CONSUMERS = ("ranker", "persister")
 
 
 def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
@@ -114,22 +116,32 @@ def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
         if pid is None:
             continue
         try:
-            times = psutil.Process(pid).cpu_times()
+            process = psutil.Process(pid)
+            times = process.cpu_times()
+            used[service] = times.user + times.system
+            if service == "postgres":
+                # PostgreSQL works in one process per connection and in helper
+                # processes: count the live ones and those that have exited.
+                used[service] += times.children_user + times.children_system
+                for child in process.children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child_times = child.cpu_times()
+                        used[service] += child_times.user + child_times.system
         except psutil.NoSuchProcess:
             continue
-        used[service] = times.user + times.system
     return used
 
 
 async def _profiled(cluster: Cluster, services: list[str], seconds: int, work) -> tuple[dict, dict]:
     """Run ``work`` while py-spy samples ``services`` for ``seconds``; return its result and the profiles.
 
-    The result gains ``cpu_cores``: CPU seconds each service, Valkey and this
-    harness (the load generator) used per second of the phase, where 1.0 is one
-    core kept busy.
+    The result gains ``cpu_cores``: CPU seconds each service, Valkey,
+    PostgreSQL and this harness (the load generator) used per second of the
+    phase, where 1.0 is one core kept busy, and ``cpu_seconds``, the totals.
     """
     pids = {service: cluster.service_pid(service) for service in SERVICES}
     pids["valkey"] = cluster.valkey_pid()
+    pids["postgres"] = cluster.postgres_pid()
     pids["load generator"] = os.getpid()
     recorders = {service: asyncio.create_task(profile.record(pids[service], seconds)) for service in services if pids.get(service)}
     # Let py-spy attach before the phase starts, so its start-up is not part of the phase.
@@ -137,7 +149,8 @@ async def _profiled(cluster: Cluster, services: list[str], seconds: int, work) -
     cpu_before, wall_before = _cpu_seconds(pids), time.perf_counter()
     result = await work
     cpu_after, wall = _cpu_seconds(pids), time.perf_counter() - wall_before
-    result["cpu_cores"] = {service: round((cpu_after[service] - cpu_before[service]) / wall, 2) for service in cpu_after if service in cpu_before}
+    result["cpu_seconds"] = {service: round(cpu_after[service] - cpu_before[service], 3) for service in cpu_after if service in cpu_before}
+    result["cpu_cores"] = {service: round(seconds / wall, 2) for service, seconds in result["cpu_seconds"].items()}
     profiles = {service: await task for service, task in recorders.items()}
     return result, profiles
 
@@ -207,21 +220,36 @@ async def run_phases(cluster: Cluster, sizes: dict, work_dir: Path) -> dict:
         no_profile,
     )
 
-    log("HTTP ingest, one event per request")
-    results["ingest_single"], results["profiles"]["ingest_single"] = await phases.run(
-        "ingest_single",
-        _profiled(
-            cluster, ["ingest"], sizes["profile_s"],
-            ingest_phases.single_events(cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, tag="single"),
-        ),
-        no_profile,
-    )
+    # The ingest figures are for the ingest process: the consumers are paused,
+    # so they do not share its cores, and work off the backlog afterwards.
+    log("HTTP ingest, one event per request, ranker and persister paused")
+    async with cluster.paused(CONSUMERS):
+        results["ingest_single"], results["profiles"]["ingest_single"] = await phases.run(
+            "ingest_single",
+            _profiled(
+                cluster, ["ingest"], sizes["profile_s"],
+                ingest_phases.single_events(cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, tag="single"),
+            ),
+            no_profile,
+        )
     await ingest_phases.settle(cluster, drain_s)
 
-    log("HTTP ingest, one event per request, second ingest process with RANKSTREAM_DURABILITY=relaxed")
-    results["ingest_single_relaxed"] = await phases.run(
-        "ingest_single_relaxed",
-        ingest_phases.single_events_relaxed(cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, log_dir=work_dir),
+    log("HTTP ingest, one event per request, second ingest process with RANKSTREAM_DURABILITY=relaxed, ranker and persister paused")
+    async with cluster.paused(CONSUMERS):
+        results["ingest_single_relaxed"] = await phases.run(
+            "ingest_single_relaxed",
+            ingest_phases.single_events_relaxed(cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, log_dir=work_dir),
+        )
+    await ingest_phases.settle(cluster, drain_s)
+
+    log("HTTP ingest, one event per request, ranker and persister running")
+    results["ingest_single_shared"], _profiles = await phases.run(
+        "ingest_single_shared",
+        _profiled(
+            cluster, [], sizes["profile_s"],
+            ingest_phases.single_events(cluster, concurrency=sizes["single_concurrency"], duration_s=sizes["single_s"], athletes=athletes, tag="shared"),
+        ),
+        no_profile,
     )
     await ingest_phases.settle(cluster, drain_s)
 
