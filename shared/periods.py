@@ -202,12 +202,13 @@ class PeriodLookup:
     """
 
     def __init__(self) -> None:
-        # board -> (start, end, period, closing) of the last period found.
-        self._last: dict[Board, tuple[datetime | None, datetime | None, str, datetime | None]] = {}
+        # board id -> (start, end, period, closing) of the last period found.
+        # Keyed by id because hashing a Board hashes every field.
+        self._last: dict[str, tuple[datetime | None, datetime | None, str, datetime | None]] = {}
 
     def find(self, board: Board, instant: datetime) -> tuple[str, datetime | None]:
         """Return the id of the period of ``board`` that contains ``instant``, and when it closes (None if never)."""
-        last = self._last.get(board)
+        last = self._last.get(board.id)
         if last is not None:
             start, end, period, closing = last
             if start is None or (start <= instant < end):  # type: ignore[operator]
@@ -218,5 +219,5 @@ class PeriodLookup:
         closing = None if end is None else end + timedelta(seconds=board.late_grace_s)
         # Cache only bounds that agree with period_of, so a reused period is always the one period_of returns.
         if start is None or (end is not None and start <= instant < end):
-            self._last[board] = (start, end, period, closing)
+            self._last[board.id] = (start, end, period, closing)
         return period, closing

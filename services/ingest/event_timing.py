@@ -7,28 +7,34 @@ from datetime import datetime, timedelta
 
 from services.ingest.decode import Item, Rejection
 from shared.boards import Board, BoardRegistry
-from shared.periods import accepts_late, closes_at, format_instant, period_of
+from shared.periods import PeriodLookup, format_instant
 from shared.schema import FieldError, ScoreEvent
 
 MAX_FUTURE_S = 5 * 60
 
 
-def timing_error(event: ScoreEvent, boards: BoardRegistry, now: datetime) -> FieldError | None:
+def timing_error(event: ScoreEvent, boards: BoardRegistry, now: datetime, periods: PeriodLookup | None = None) -> FieldError | None:
     """Return why ``event`` cannot count at ``now``, or None.
 
     An event counts on a board until its period's end plus the board's late
     grace. It is rejected only when it is too late for every board of its
     metric. A board whose period has closed leaves it out, because the ranker
-    checks the same rule with the event's ``received_at``.
+    checks the same rule with the event's ``received_at``. Pass one
+    ``periods`` lookup for the events of one request, so each finds its
+    period by comparison with the last one found.
     """
     if event.occurred_at - now > timedelta(seconds=MAX_FUTURE_S):
         return FieldError("occurred_at", f"is more than {MAX_FUTURE_S // 60} minutes in the future; send events when the workout has happened")
     boards_of_metric = boards.for_metric(event.metric)
-    if not boards_of_metric or any(accepts_late(board, event.occurred_at, now) for board in boards_of_metric):
+    if not boards_of_metric:
         return None
+    periods = periods if periods is not None else PeriodLookup()
+    for board in boards_of_metric:
+        _period, closing = periods.find(board, event.occurred_at)
+        if closing is None or now <= closing:
+            return None
     board = boards_of_metric[0]
-    period = period_of(board, event.occurred_at)
-    closing = closes_at(board, period)
+    period, closing = periods.find(board, event.occurred_at)
     assert closing is not None
     return FieldError("occurred_at", period_closed_reason(board, period, closing))
 
@@ -41,7 +47,8 @@ def period_closed_reason(board: Board, period: str, closing: datetime) -> str:
 def check_timing(items: Sequence[Item], boards: BoardRegistry, now: datetime) -> list[Item]:
     """Return ``items`` with every event that fails :func:`timing_error` replaced by its Rejection."""
     checked: list[Item] = []
+    periods = PeriodLookup()
     for item in items:
-        error = timing_error(item, boards, now) if isinstance(item, ScoreEvent) else None
+        error = timing_error(item, boards, now, periods) if isinstance(item, ScoreEvent) else None
         checked.append(item if error is None else Rejection(item.event_id, error))
     return checked
