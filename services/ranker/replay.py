@@ -64,7 +64,9 @@ def order_member(score: int, reached: str, user_id: str) -> str:
 class PeriodFinder:
     """Find the period of an instant and when it closes, reusing the last period found per board.
 
-    Instants are microseconds since the epoch. The result always equals
+    Like :class:`shared.periods.PeriodLookup`, but instants are integer
+    microseconds since the epoch, which the replay reads from PostgreSQL
+    without building a datetime per event. The result always equals
     :func:`period_of` and :func:`closes_at`: a cached period is reused only for
     instants inside its bounds, and bounds are cached only when they contain
     the instant ``period_of`` placed in them.

@@ -36,11 +36,13 @@ def _queue_period(pipe: redis.client.Pipeline, names: Names, writes: PeriodWrite
         # Aside keys left by an interrupted rebuild must not leak into this one.
         pipe.delete(*rebuild_keys(names, target.ranking, target.period))
         _queue_closing(pipe, names, target)
+    # The same score for every member goes as one bytes object, which the client sends without converting it each time.
+    applied_score = str(now_ms).encode()
     _queue_pairs(pipe, "ZADD", scores, writes.scores.keys(), writes.scores.values(), value_first=True)
-    _queue_pairs(pipe, "ZADD", applied, writes.applied, [now_ms] * len(writes.applied), value_first=True)
+    _queue_pairs(pipe, "ZADD", applied, writes.applied, [applied_score] * len(writes.applied), value_first=True)
     _queue_pairs(pipe, "HSET", latest_at, writes.latest_at.keys(), writes.latest_at.values(), value_first=False)
     _queue_pairs(pipe, "HSET", reached, writes.reached.keys(), writes.reached.values(), value_first=False)
-    _queue_pairs(pipe, "ZADD", order, writes.order, [0] * len(writes.order), value_first=True)
+    _queue_pairs(pipe, "ZADD", order, writes.order, [b"0"] * len(writes.order), value_first=True)
 
 
 def _queue_closing(pipe: redis.client.Pipeline, names: Names, target: RankingPeriod) -> None:
