@@ -43,8 +43,12 @@ local events = ARGV[6 + hidden_count]
 
 -- A script that fails half-way keeps the writes it already made, so an event
 -- id recorded before a failing score update would be skipped on every retry.
--- Check every key's type before the first write, so the likely failure (a
--- key of the wrong type) happens while nothing has been written yet.
+-- Check the operator and every key's type before the first write, so the
+-- likely failures (an unknown operator, a key of the wrong type) happen while
+-- nothing has been written yet.
+if operator ~= 'sum' and operator ~= 'count' and operator ~= 'best' and operator ~= 'latest' then
+  return redis.error_reply('unknown operator ' .. operator)
+end
 local expected_types = {zset = {scores, applied, order}, string = {seq_key}, hash = {latest_at, reached}}
 for expected, names in pairs(expected_types) do
   for _, name in ipairs(names) do
@@ -113,57 +117,116 @@ local function rank_of(user, score)
   return rank
 end
 
+-- Arguments per call when a long list is sent in parts, because unpack()
+-- fails beyond about 8000 results in Lua 5.1.
+local PART = 1000
+
+-- Return the concatenated replies of ZMSCORE key over every member of list.
+local function zmscore_all(key, list)
+  local found = {}
+  for first = 1, #list, PART do
+    local reply = redis.call('ZMSCORE', key, unpack(list, first, math.min(first + PART - 1, #list)))
+    for i = 1, #reply do
+      found[#found + 1] = reply[i]
+    end
+  end
+  return found
+end
+
+local ids, users, values, occurreds = {}, {}, {}, {}
+for event_id, user, score, occurred in string.gmatch(events, '([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31') do
+  local n = #ids + 1
+  ids[n], users[n], values[n], occurreds[n] = event_id, user, score, occurred
+end
+
+-- Keep the events whose id is neither recorded nor earlier in this batch, and
+-- record their ids before any score changes, in a few calls for the whole batch.
+local recorded = zmscore_all(applied, ids)
+local fresh = {}
+local taken = {}
+local new_ids = {}
+for i = 1, #ids do
+  if not recorded[i] and not taken[ids[i]] then
+    taken[ids[i]] = true
+    fresh[#fresh + 1] = i
+    new_ids[#new_ids + 1] = now_ms
+    new_ids[#new_ids + 1] = ids[i]
+  end
+end
+for first = 1, #new_ids, PART do
+  redis.call('ZADD', applied, unpack(new_ids, first, math.min(first + PART - 1, #new_ids)))
+end
+
+-- Read the scores before the batch with one ZMSCORE for all its athletes.
+-- Each athlete's first event would read the same, because only an athlete's
+-- own events change their score.
+local athletes = {}
+local listed = {}
+for _, i in ipairs(fresh) do
+  if not listed[users[i]] then
+    listed[users[i]] = true
+    athletes[#athletes + 1] = users[i]
+  end
+end
+local stored = {}
+local stored_list = zmscore_all(scores, athletes)
+for i, user in ipairs(athletes) do
+  stored[user] = stored_list[i]
+end
+
 local before = {}
 local touched = {}
 -- Sum and count boards keep ZINCRBY's reply, which ZSCORE would return too, to skip reading it again.
 local incremented = {}
-for event_id, user, score, occurred in string.gmatch(events, '([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31') do
-  if redis.call('ZADD', applied, 'NX', now_ms, event_id) == 1 then
-    if before[user] == nil then
-      local old = redis.call('ZSCORE', scores, user)
-      if old then
-        local old_member = tie_first and member_of(user) or false
-        local old_rank = false
-        if not is_hidden[user] then
-          old_rank = rank_of(user, old)
-        end
-        before[user] = {old, old_rank, old_member}
-      else
-        before[user] = {false, false, false}
+-- Best boards track each athlete's score here, so no event reads it from the sorted set.
+local best_so_far = {}
+for _, i in ipairs(fresh) do
+  local event_id, user, score, occurred = ids[i], users[i], values[i], occurreds[i]
+  -- The old rank is taken at the athlete's first event of the batch, after the batch's earlier events.
+  if before[user] == nil then
+    local old = stored[user]
+    if old then
+      local old_member = tie_first and member_of(user) or false
+      local old_rank = false
+      if not is_hidden[user] then
+        old_rank = rank_of(user, old)
       end
-      touched[#touched + 1] = user
+      before[user] = {old, old_rank, old_member}
+    else
+      before[user] = {false, false, false}
     end
-    -- Each branch reads only what it compares: every read is a call the server pays for per event.
-    if operator == 'sum' or operator == 'count' then
-      incremented[user] = redis.call('ZINCRBY', scores, score, user)
-      if tie_first then
-        local when = redis.call('HGET', reached, user)
-        if not when or tonumber(occurred) > tonumber(when) then
-          redis.call('HSET', reached, user, occurred)
-        end
-      end
-    elseif operator == 'best' then
-      local current = redis.call('ZSCORE', scores, user)
-      if not current or tonumber(score) > tonumber(current) then
-        redis.call('ZADD', scores, score, user)
-        if tie_first then
-          redis.call('HSET', reached, user, occurred)
-        end
-      elseif tie_first and tonumber(score) == tonumber(current) and tonumber(occurred) < tonumber(redis.call('HGET', reached, user)) then
+    best_so_far[user] = old
+    touched[#touched + 1] = user
+  end
+  -- Each branch reads only what it compares: every read is a call the server pays for per event.
+  if operator == 'sum' or operator == 'count' then
+    incremented[user] = redis.call('ZINCRBY', scores, score, user)
+    if tie_first then
+      local when = redis.call('HGET', reached, user)
+      if not when or tonumber(occurred) > tonumber(when) then
         redis.call('HSET', reached, user, occurred)
       end
-    elseif operator == 'latest' then
-      local candidate = occurred .. ':' .. event_id
-      local previous = redis.call('HGET', latest_at, user)
-      if not previous or not bytes_less(candidate, previous) then
-        redis.call('HSET', latest_at, user, candidate)
-        redis.call('ZADD', scores, score, user)
-        if tie_first then
-          redis.call('HSET', reached, user, occurred)
-        end
+    end
+  elseif operator == 'best' then
+    local current = best_so_far[user]
+    if not current or tonumber(score) > tonumber(current) then
+      redis.call('ZADD', scores, score, user)
+      best_so_far[user] = score
+      if tie_first then
+        redis.call('HSET', reached, user, occurred)
       end
-    else
-      return redis.error_reply('unknown operator ' .. operator)
+    elseif tie_first and tonumber(score) == tonumber(current) and tonumber(occurred) < tonumber(redis.call('HGET', reached, user)) then
+      redis.call('HSET', reached, user, occurred)
+    end
+  else
+    local candidate = occurred .. ':' .. event_id
+    local previous = redis.call('HGET', latest_at, user)
+    if not previous or not bytes_less(candidate, previous) then
+      redis.call('HSET', latest_at, user, candidate)
+      redis.call('ZADD', scores, score, user)
+      if tie_first then
+        redis.call('HSET', reached, user, occurred)
+      end
     end
   end
 end
