@@ -199,3 +199,28 @@ async def test_sum_reports_old_score_and_rank(redis_client: redis.Redis, setting
     assert msgspec.json.decode(message["data"])["changes"] == [
         {"user_id": "b", "score": 55, "rank": 1, "old_score": 40, "old_rank": 2},
     ]
+
+
+async def test_flushed_script_loaded_again(redis_client: redis.Redis, settings: Settings) -> None:
+    """After SCRIPT FLUSH the ranker loads the apply script again and the batch counts once."""
+    board = Board(id="flush", metric="m", operator=Operator.SUM)
+    ranker = make_ranker(redis_client, settings, board)
+    await ranker.handle([entry(1, "a", 300)])
+    await redis_client.script_flush()
+    await ranker.handle([entry(1, "a", 300), entry(2, "b", 40)])
+    assert await scores(redis_client, settings, board) == [(1, "a", 300), (2, "b", 40)]
+    assert await redis_client.script_exists(ranker.apply_script.sha) == [True]
+
+
+async def test_display_names_last_wins(redis_client: redis.Redis, settings: Settings) -> None:
+    """One batch stores each athlete's last display name in one write."""
+    board = Board(id="names", metric="m", operator=Operator.SUM)
+    ranker = make_ranker(redis_client, settings, board)
+    first = entry(1, "a", 1)
+    renamed = entry(2, "a", 1)
+    await ranker.handle([
+        Entry(first.stream_id, msgspec.structs.replace(first.event, display_name="Ann")),
+        Entry(renamed.stream_id, msgspec.structs.replace(renamed.event, display_name="Anna")),
+        entry(3, "b", 1),
+    ])
+    assert await redis_client.hgetall(Names(settings.namespace).display_names) == {b"a": b"Anna"}

@@ -10,6 +10,7 @@ from datetime import datetime
 import msgspec
 import redis.asyncio as redis
 import structlog
+from redis.exceptions import NoScriptError
 
 from services.ranker.script import APPLY_SCRIPT, PeriodBatch, live_keys, occurred_key, parse_changes, script_args
 from shared.boards import BoardError, BoardRegistry, Reset, Scope, ranking_id
@@ -86,19 +87,7 @@ class Ranker:
         batches = list(plan.values())
 
         # Display names, the closing index and one script call per ranking period, in one round trip.
-        async with self.client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                if entry.event.display_name is not None:
-                    pipe.hset(names.display_names, entry.event.user_id, entry.event.display_name)
-            for batch in batches:
-                closing = closes_at(batch.board, batch.period)
-                if batch.board.reset is not Reset.NEVER and closing is not None:
-                    member = closing_member(batch.board.id, batch.group, batch.period)
-                    pipe.zadd(names.closing_periods, {member: int(closing.timestamp() * 1000)})
-            for batch in batches:
-                keys = live_keys(names, batch.ranking, batch.period)
-                await self.apply_script(keys=keys, args=script_args(batch.board, now_ms, hidden, batch.args), client=pipe)
-            replies = await pipe.execute()
+        replies = await self._write(entries, batches, hidden, now_ms)
         script_replies = replies[len(replies) - len(batches) :]
 
         # Publish one update per ranking period whose standings changed.
@@ -114,3 +103,35 @@ class Ranker:
                 await pipe.execute()
         self.events_applied += len(entries)
         log.debug("batch applied", entries=len(entries), board_periods=len(batches), updates=len(updates))
+
+    async def _write(self, entries: Sequence[Entry], batches: list[PeriodBatch], hidden: list[str], now_ms: int) -> list:
+        """Send the batch's writes in one pipeline; return its replies, the script calls' last.
+
+        The script runs by its SHA alone, so a batch costs no SCRIPT EXISTS
+        round trip. When Redis does not have the script (a first batch, a
+        restart, SCRIPT FLUSH), it is loaded and the whole pipeline sent
+        again. Every write in it is idempotent, so the commands that ran the
+        first time do no harm.
+        """
+        display_names = {entry.event.user_id: entry.event.display_name for entry in entries if entry.event.display_name is not None}
+        try:
+            return await self._send_writes(display_names, batches, hidden, now_ms)
+        except NoScriptError:
+            log.info("apply script not loaded, loading it", sha=self.apply_script.sha)
+            await self.client.script_load(APPLY_SCRIPT)
+        return await self._send_writes(display_names, batches, hidden, now_ms)
+
+    async def _send_writes(self, display_names: dict[str, str], batches: list[PeriodBatch], hidden: list[str], now_ms: int) -> list:
+        names = self.names
+        async with self.client.pipeline(transaction=False) as pipe:
+            if display_names:
+                pipe.hset(names.display_names, mapping=display_names)
+            for batch in batches:
+                closing = closes_at(batch.board, batch.period)
+                if batch.board.reset is not Reset.NEVER and closing is not None:
+                    member = closing_member(batch.board.id, batch.group, batch.period)
+                    pipe.zadd(names.closing_periods, {member: int(closing.timestamp() * 1000)})
+            for batch in batches:
+                keys = live_keys(names, batch.ranking, batch.period)
+                pipe.evalsha(self.apply_script.sha, len(keys), *keys, *script_args(batch.board, now_ms, hidden, batch.args))
+            return await pipe.execute()
