@@ -44,8 +44,11 @@ NEXT_STEPS = {
         "parses one reply instead of several. When it uses much less, the shared machine is the bound."
     ),
     "rebuild": (
-        "Replay in larger batches and several periods in parallel; the rebuild runs the same apply script as the "
-        "ranker, so its limit is the raw ranker command rate shown beside it."
+        "The rebuild reads the events athlete by athlete, computes each final score in Python and writes it with "
+        "bulk ZADD and HSET while it reads the next rows, so the bound is this process's CPU (row decoding, the "
+        "fold, redis-py packing the commands) next to Valkey inserting two sorted-set members per event (the "
+        "score and the applied event id). Where the profile shows the fold or the packing, fold disjoint sets of "
+        "athletes in several processes."
     ),
     "fanout": (
         "A size counts as served when every client received the last update and the gateway closed none. The "
