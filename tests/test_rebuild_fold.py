@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as redis
 
 from services.ranker import rebuild, replay_writer
+from services.ranker.ranker import closing_member
 from services.ranker.rebuild import EMPTY_STREAM_LOOKBACK_MS, Rebuilder, catch_up_mark
 from services.ranker.replay import PeriodFinder, epoch_us, order_member
 from shared.boards import Board, Operator, Order, Reset, Scope, Tie, WeekStart
@@ -78,6 +79,11 @@ async def board_keys(client: redis.Redis, names: Names) -> dict[str, object]:
     contents[names.closing_periods] = await client.zrange(names.closing_periods, 0, -1, withscores=True)
     contents[names.display_names] = await client.hgetall(names.display_names)
     return contents
+
+
+def period_in(key: str) -> str:
+    """Return the period id of a board key such as ``ns:{board:b:2026-W43}:scores``."""
+    return key.split("{board:", 1)[1].split("}", 1)[0].rsplit(":", 1)[1]
 
 
 async def apply_one_batch_at_a_time(pipeline: Pipeline, count: int) -> None:
@@ -190,7 +196,7 @@ async def test_rebuild_one_period_keeps_others(settings: Settings, redis_client)
         await apply_one_batch_at_a_time(pipeline, 40)
         names = pipeline.names
         before = await board_keys(pipeline.client, names)
-        periods = sorted(key.split(":")[-2].removesuffix("}") for key in before if "{board:sum-daily-ny:" in key and key.endswith(":seq"))
+        periods = sorted(period_in(key) for key in before if "{board:sum-daily-ny:" in key and key.endswith(":seq"))
         assert periods
         period = periods[0]
         own = names.board_tag("sum-daily-ny", period)
@@ -207,6 +213,40 @@ async def test_rebuild_one_period_keeps_others(settings: Settings, redis_client)
             assert after.get(f"{own}:{part}") == before.get(f"{own}:{part}"), part
         assert after[f"{own}:seq"] == str(int(before[f"{own}:seq"]) + 1).encode()
         assert other not in after
+
+
+async def test_rebuild_skips_archived_periods(settings: Settings, redis_client) -> None:
+    """Archived periods, of a global and of a group ranking, are not rebuilt; every other key equals the incremental one."""
+    boards = [BOARDS[0], BOARDS[8]]
+    async with board_pipeline(settings, boards, START) as pipeline:
+        await apply_one_batch_at_a_time(pipeline, 60)
+        names = pipeline.names
+        before = await board_keys(pipeline.client, names)
+        daily = sorted(key for key in before if "{board:sum-daily-ny:" in key and key.endswith(":scores"))[0]
+        club = sorted(key for key in before if "{board:sum-clubs/club-a:" in key and key.endswith(":scores"))[0]
+        archived = {daily.removesuffix(":scores"): ("sum-daily-ny", ""), club.removesuffix(":scores"): ("sum-clubs", "club-a")}
+        for tag, (board_id, group_key) in archived.items():
+            await pipeline.pool.execute(
+                "INSERT INTO board_periods (board_id, group_key, period, participants) VALUES ($1, $2, $3, 1)", board_id, group_key, period_in(tag)
+            )
+
+        await delete_board_state(pipeline.client, names)
+        report = await Rebuilder(pipeline.client, pipeline.pool, names, pipeline.store.registry).rebuild()
+
+        # An archived period keeps its sequence number and gets no closing mark.
+        expected = expected_after_rebuild(before)
+        for key in list(expected):
+            tag, part = key.rsplit(":", 1)
+            if tag in archived:
+                if part == "seq" and key in before:
+                    expected[key] = before[key]
+                else:
+                    del expected[key]
+        archived_members = {closing_member("sum-daily-ny", None, period_in(daily)), closing_member("sum-clubs", "club-a", period_in(club))}
+        expected[names.closing_periods] = [pair for pair in before[names.closing_periods] if pair[0].decode() not in archived_members]
+        assert len(expected[names.closing_periods]) == len(before[names.closing_periods]) - 2
+        assert len(report.periods) == len([key for key in before if key.endswith(":scores")]) - 2
+        assert await board_keys(pipeline.client, names) == expected
 
 
 def test_order_member_layout() -> None:
