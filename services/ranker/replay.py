@@ -42,6 +42,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ORDER_SCORE_TOP = 2**53
 # Bounds of the one period of boards that never reset, beyond any instant.
 _NEVER_START_US, _NEVER_END_US = -(2**63), 2**63
+_HOUR_US = 3600 * 1_000_000
 
 
 def epoch_us(instant: datetime) -> int:
@@ -62,35 +63,48 @@ def order_member(score: int, reached: str, user_id: str) -> str:
 
 
 class PeriodFinder:
-    """Find the period of an instant and when it closes, reusing the last period found per board.
+    """Find the period of an instant and when it closes, reusing periods found before.
 
     Like :class:`shared.periods.PeriodLookup`, but instants are integer
     microseconds since the epoch, which the replay reads from PostgreSQL
-    without building a datetime per event. The result always equals
-    :func:`period_of` and :func:`closes_at`: a cached period is reused only for
-    instants inside its bounds, and bounds are cached only when they contain
-    the instant ``period_of`` placed in them.
+    without building a datetime per event, and periods are kept per hour of
+    the instant, because the replay reads each athlete's events from the
+    earliest on, so consecutive events jump back in time. The result always
+    equals :func:`period_of` and :func:`closes_at`: a kept period is reused
+    only for instants inside its bounds, so an hour that two periods share
+    (zones whose midnight is not on a UTC hour, cron times) only costs more
+    lookups. Nothing is evicted: one entry per board and hour with events.
     """
 
     def __init__(self) -> None:
-        # board id -> (start µs, end µs, period id, closing µs or None)
+        # (board id, hour since the epoch) -> (start µs, end µs, period id, closing µs or None)
+        self._periods: dict[tuple[str, int], tuple[int, int, str, int | None]] = {}
         self._last: dict[str, tuple[int, int, str, int | None]] = {}
 
     def find(self, board: Board, instant_us: int) -> tuple[str, int | None]:
         last = self._last.get(board.id)
         if last is not None and last[0] <= instant_us < last[1]:
             return last[2], last[3]
+        key = (board.id, instant_us // _HOUR_US)
+        found = self._periods.get(key)
+        if found is None or not found[0] <= instant_us < found[1]:
+            found = self._periods[key] = _period_containing(board, instant_us)
+        self._last[board.id] = found
+        return found[2], found[3]
 
-        if board.reset is Reset.NEVER:
-            self._last[board.id] = (_NEVER_START_US, _NEVER_END_US, ALL_TIME, None)
-            return ALL_TIME, None
-        period = period_of(board, _EPOCH + timedelta(microseconds=instant_us))
-        start, end = period_bounds(board, period)
-        closing = closes_at(board, period)
-        closing_us = None if closing is None else epoch_us(closing)
-        if start is not None and end is not None and epoch_us(start) <= instant_us < epoch_us(end):
-            self._last[board.id] = (epoch_us(start), epoch_us(end), period, closing_us)
-        return period, closing_us
+
+def _period_containing(board: Board, instant_us: int) -> tuple[int, int, str, int | None]:
+    """Return (start µs, end µs, period id, closing µs or None) of the period of ``board`` that contains the instant."""
+    if board.reset is Reset.NEVER:
+        return _NEVER_START_US, _NEVER_END_US, ALL_TIME, None
+    period = period_of(board, _EPOCH + timedelta(microseconds=instant_us))
+    start, end = period_bounds(board, period)
+    closing = closes_at(board, period)
+    closing_us = None if closing is None else epoch_us(closing)
+    if start is None or end is None or not epoch_us(start) <= instant_us < epoch_us(end):
+        # Bounds that do not contain the instant are never reused: an empty range matches nothing.
+        return instant_us, instant_us, period, closing_us
+    return epoch_us(start), epoch_us(end), period, closing_us
 
 
 @dataclass(slots=True)
