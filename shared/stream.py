@@ -76,8 +76,21 @@ class Entry(msgspec.Struct, frozen=True):
 # An entry to dead-letter: stream id, payload, error, deliveries (None until looked up).
 DeadEntry = tuple[str, bytes, str, int | None]
 
-# A handler returns None, or the entries it rejected for good: stream id -> reason.
-Handler = Callable[[Sequence[Entry]], Awaitable[Mapping[str, str] | None]]
+class HandlerResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A handler's outcome with messages to publish when its batch is acknowledged.
+
+    ``rejected`` are the entries it rejected for good (stream id -> reason).
+    ``publish`` are (channel, message) pairs, published in the transaction
+    that acknowledges the batch, so a batch costs no round trip of its own
+    for them. Entries left pending publish nothing.
+    """
+
+    rejected: dict[str, str] = {}
+    publish: list[tuple[str, bytes]] = []
+
+
+# A handler returns None, the entries it rejected for good (stream id -> reason), or a HandlerResult.
+Handler = Callable[[Sequence[Entry]], Awaitable[Mapping[str, str] | HandlerResult | None]]
 
 
 def default_consumer_name(service: str) -> str:
@@ -379,7 +392,7 @@ class StreamConsumer:
         Only a ``redelivered`` entry can have a recorded error, so only then is one forgotten on acknowledgement.
         """
         try:
-            rejected = await self._call_handler(entries)
+            result = await self._call_handler(entries)
         except _StopRequested:
             raise
         except Exception as error:
@@ -391,22 +404,25 @@ class StreamConsumer:
                 await self._process([entry], redelivered=redelivered)
             return
 
+        rejected = result.rejected
         if not rejected:
-            await self._settle([entry.stream_id for entry in entries], [], [], forget_errors=redelivered)
+            await self._settle([entry.stream_id for entry in entries], [], [], forget_errors=redelivered, publish=result.publish)
             return
         by_id = {entry.stream_id: entry for entry in entries}
         dead = [(stream_id, msgspec.json.encode(by_id[stream_id].event), reason, None) for stream_id, reason in rejected.items() if stream_id in by_id]
         acknowledged = [entry.stream_id for entry in entries if entry.stream_id not in rejected]
-        await self._settle(acknowledged, dead, [], forget_errors=redelivered)
+        await self._settle(acknowledged, dead, [], forget_errors=redelivered, publish=result.publish)
 
-    async def _call_handler(self, entries: list[Entry]) -> Mapping[str, str]:
+    async def _call_handler(self, entries: list[Entry]) -> HandlerResult:
         """Run the handler, retrying while a dependency is unavailable; raise _StopRequested on stop."""
         attempt = 0
         while True:
             try:
                 async with asyncio.timeout(self.handle_timeout_s):
-                    rejected = await self.handler(entries)
-                return rejected or {}
+                    outcome = await self.handler(entries)
+                if isinstance(outcome, HandlerResult):
+                    return outcome
+                return HandlerResult(rejected=dict(outcome or {}))
             except (DependencyUnavailable, *REDIS_UNAVAILABLE) as error:
                 if self._stopping.is_set():
                     log.info("stopping, batch stays pending", group=self.group, entries=len(entries), first_id=entries[0].stream_id)
@@ -463,8 +479,10 @@ class StreamConsumer:
         ]
         return keep, exhausted
 
-    async def _settle(self, acknowledged: list[str], dead: list[DeadEntry], skipped: list[str], *, forget_errors: bool = True) -> None:
-        """Dead-letter, acknowledge and, with ``forget_errors``, forget the recorded errors of entries, in one transaction.
+    async def _settle(
+        self, acknowledged: list[str], dead: list[DeadEntry], skipped: list[str], *, forget_errors: bool = True, publish: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Dead-letter, acknowledge, with ``forget_errors`` forget the recorded errors of entries, and publish ``publish``, in one transaction.
 
         The transaction keeps a crash from leaving an entry both dead-lettered
         and pending, which would dead-letter it twice. Callers pass
@@ -483,6 +501,8 @@ class StreamConsumer:
                 pipe.xack(self.stream, self.group, *finished)
                 if forget_errors:
                     pipe.hdel(self.failed_key, *finished)
+            for channel, message in publish:
+                pipe.publish(channel, message)
             await pipe.execute()
         if dead:
             self.dead_lettered += len(dead)

@@ -12,11 +12,12 @@ import redis.asyncio as redis
 from services.ranker.ranker import Ranker
 from services.ranker.script import pack_events
 from shared.boards import Board, BoardRegistry, Operator
+from shared.dead_letters import list_dead_letters
 from shared.names import RANKER_GROUP, Names
 from shared.schema import StreamEvent
 from shared.settings import Settings
 from shared.standings import read_top
-from shared.stream import Entry, StreamConsumer, encode_entry
+from shared.stream import Entry, HandlerResult, StreamConsumer, encode_entry
 from tests.helpers import wait_for
 
 WHEN = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
@@ -99,3 +100,37 @@ async def test_bad_entry_fails_alone_in_batch(settings: Settings, redis_client: 
     error = await redis_client.hget(names.failed_entries(RANKER_GROUP), bad)
     assert error == b"ValueError: event field 'b\\x1fx' contains the byte 0x1F, which no valid event id or user id contains"
     assert await redis_client.hlen(names.failed_entries(RANKER_GROUP)) == 1
+
+
+async def test_publish_sent_with_acknowledgement(settings: Settings, redis_client: redis.Redis) -> None:
+    """A handler's messages are published when its batch is acknowledged, also with a rejected entry in it."""
+    names = Names(settings.namespace)
+    channel = f"{settings.namespace}:test-channel"
+    await redis_client.xgroup_create(names.events_stream, RANKER_GROUP, id="0", mkstream=True)
+    await redis_client.xadd(names.events_stream, encode_entry(event("good", "a", 1)))
+    rejected = (await redis_client.xadd(names.events_stream, encode_entry(event("rejected", "b", 2)))).decode()
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(channel)
+
+    async def handler(entries: Sequence[Entry]) -> HandlerResult:
+        ids = ",".join(entry.event.event_id for entry in entries)
+        return HandlerResult(rejected={rejected: "not wanted"}, publish=[(channel, ids.encode())])
+
+    consumer = StreamConsumer(redis_client, names, RANKER_GROUP, "c1", handler, block_ms=20, claim_interval_s=60, trim_interval_s=0)
+    running = asyncio.create_task(consumer.run())
+    try:
+        message = None
+        for _ in range(50):
+            message = await pubsub.get_message(timeout=0.1)
+            if message is not None:
+                break
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(running, timeout=15)
+        await pubsub.aclose()
+
+    assert message is not None
+    assert message["data"] == b"good,rejected"
+    assert (await redis_client.xpending(names.events_stream, RANKER_GROUP))["pending"] == 0
+    letters = await list_dead_letters(redis_client, names, count=10)
+    assert [(letter.source_id, letter.event_id, letter.error) for letter in letters] == [(rejected, "rejected", "not wanted")]

@@ -17,7 +17,7 @@ from shared.boards import BoardError, BoardRegistry, Reset, Scope, ranking_id
 from shared.names import Names
 from shared.periods import PeriodLookup, closes_at
 from shared.schema import StreamEvent
-from shared.stream import Entry
+from shared.stream import Entry, HandlerResult
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +79,19 @@ class Ranker:
 
     async def handle(self, entries: Sequence[Entry]) -> None:
         """Apply a batch to every ranking it feeds, then publish one update per changed ranking period."""
+        result = await self.apply(entries)
+        if result.publish:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for channel, message in result.publish:
+                    pipe.publish(channel, message)
+                await pipe.execute()
+
+    async def apply(self, entries: Sequence[Entry]) -> HandlerResult:
+        """Apply a batch to every ranking it feeds; return one update per changed ranking period to publish.
+
+        The stream consumer publishes the updates in the transaction that
+        acknowledges the batch. :meth:`handle` publishes them at once.
+        """
         plan = plan_batch(self.boards, entries)
         names = self.names
         hidden = sorted(member.decode() for member in await self.client.smembers(names.hidden_users))
@@ -90,19 +103,15 @@ class Ranker:
         replies = await self._write(entries, batches, hidden, now_ms)
         script_replies = replies[len(replies) - len(batches) :]
 
-        # Publish one update per ranking period whose standings changed.
-        updates = []
+        # One update per ranking period whose standings changed.
+        publish = []
         for batch, reply in zip(batches, script_replies, strict=True):
             update = parse_changes(batch.board, batch.group, batch.period, reply)
             if update is not None:
-                updates.append(update)
-        if updates:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for update in updates:
-                    pipe.publish(names.rank_changes_channel, msgspec.json.encode(update))
-                await pipe.execute()
+                publish.append((names.rank_changes_channel, msgspec.json.encode(update)))
         self.events_applied += len(entries)
-        log.debug("batch applied", entries=len(entries), board_periods=len(batches), updates=len(updates))
+        log.debug("batch applied", entries=len(entries), board_periods=len(batches), updates=len(publish))
+        return HandlerResult(publish=publish)
 
     async def _write(self, entries: Sequence[Entry], batches: list[PeriodBatch], hidden: list[str], now_ms: int) -> list:
         """Send the batch's writes in one pipeline; return its replies, the script calls' last.

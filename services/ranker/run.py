@@ -44,7 +44,7 @@ async def run_ranker(settings: Settings, *, stop: asyncio.Event | None = None, c
 
     ranker = Ranker(client, names, boards)
     consumer = StreamConsumer(
-        client, names, RANKER_GROUP, consumer_name, ranker.handle,
+        client, names, RANKER_GROUP, consumer_name, ranker.apply,
         **consumer_options(settings),
     )
     closer = PeriodCloser(client, pool, names, boards, clock)
