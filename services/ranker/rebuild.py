@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.ranker.group_progress import STREAM_START, group_passed, last_stream_id, parse_stream_id
+from services.ranker.group_progress import STREAM_START, group_passed, parse_stream_id
 from services.ranker.ranker import plan_batch
 from services.ranker.replay import ReplayFold, ReplayWrites
 from services.ranker.replay_writer import queue_writes
@@ -141,9 +141,8 @@ class Rebuilder:
         started_s = time.monotonic()
 
         # Step 1: PostgreSQL must hold every event up to the start mark.
-        start_mark = await last_stream_id(self.client, self.names)
+        start_mark, catch_up_mark = await self._marks()
         await self._wait_persisted(start_mark)
-        catch_up_mark = start_mark if start_mark != STREAM_START else await self._empty_stream_mark()
         await self._restore_hidden()
         hidden = sorted(member.decode() for member in await self.client.smembers(self.names.hidden_users))
         skipped = await self._archived_periods(boards, period)
@@ -249,14 +248,24 @@ class Rebuilder:
             queue_writes(pipe, self.names, writes, now_ms)
             await pipe.execute()
 
-    async def _empty_stream_mark(self) -> str:
-        """Return the catch-up mark when the events stream has no entry; see ``catch_up_mark``."""
+    async def _marks(self) -> tuple[str, str]:
+        """Return the stream id the persister must pass before the replay, and the id the catch-up starts after.
+
+        Both come from one XINFO STREAM reply, so no entry can be appended
+        between seeing the stream empty and reading its last generated id. The
+        server time is read first, so every entry appended later has a higher id.
+        """
         server_s, server_us = await self.client.time()
+        server_ms = server_s * 1000 + server_us // 1000
         try:
             info = await self.client.xinfo_stream(self.names.events_stream)
         except ResponseError:
-            return catch_up_mark(None, server_s * 1000 + server_us // 1000)
-        return catch_up_mark(_text(info["last-generated-id"]), server_s * 1000 + server_us // 1000)
+            # No such key: Redis lost the stream, or nothing was ever appended.
+            return STREAM_START, catch_up_mark(None, server_ms)
+        if info["last-entry"] is None:
+            return STREAM_START, catch_up_mark(_text(info["last-generated-id"]), server_ms)
+        newest = _text(info["last-entry"][0])
+        return newest, newest
 
     async def _catch_up(self, start_mark: str, boards: list[Board], hidden: list[str]) -> int:
         """Apply every event after ``start_mark`` to the live keys; return how many entries were read.
