@@ -9,7 +9,9 @@ group processes it.
 Delivery is at least once. A consumer acknowledges an entry only after its
 handler returned, so an entry whose consumer dies stays pending and is handed
 to another consumer by XAUTOCLAIM once it has been idle for ``claim_idle_ms``.
-Handlers must therefore be idempotent.
+Handlers must therefore be idempotent. Messages a handler returns in a
+:class:`HandlerResult` are published in the transaction that acknowledges
+its batch.
 
 Failures, by kind:
 
