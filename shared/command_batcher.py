@@ -121,15 +121,18 @@ class CommandBatcher:
         commands: list[tuple[Any, ...]] = [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in batch]
         if self.wait_aof_timeout_ms is not None:
             commands.append(("WAITAOF", 1, 0, self.wait_aof_timeout_ms))
-        # One connection for the whole exchange, with the client's retry policy
-        # on connection errors. Leaner than redis-py's Pipeline, whose work per
-        # command (callbacks, timeouts, bookkeeping) showed in the profile.
+        # One connection for the whole exchange. Leaner than redis-py's
+        # Pipeline, whose work per command (callbacks, timeouts, bookkeeping)
+        # showed in the profile. Connecting and the health check follow the
+        # client's retry policy, but the exchange is not retried: once the
+        # commands are written the server may have run them, and a re-sent
+        # append would report its own events as duplicates and a re-sent
+        # rate-limit call would take its tokens twice.
         pool = self.client.connection_pool
         connection = await pool.get_connection()
         try:
-            replies = await connection.retry.call_with_retry(
-                lambda: _exchange(connection, commands), lambda _error: connection.disconnect()
-            )
+            await connection.check_health()
+            replies = await _exchange(connection, commands)
         finally:
             await pool.release(connection)
         if self.wait_aof_timeout_ms is None:

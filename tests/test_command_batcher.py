@@ -108,3 +108,74 @@ async def test_lost_connection_fails_every_call(settings: Settings) -> None:
 
     assert [type(result) for result in results] == [RedisConnectionError] * 3
     assert batcher.pipelines_sent == 0
+
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy to Redis that closes the first connection carrying EVALSHA once the server replies, without passing the reply on."""
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.dropped = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        self.server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
+        sent_script = asyncio.Event()
+
+        async def forward_requests() -> None:
+            while data := await reader.read(65536):
+                if b"EVALSHA" in data:
+                    sent_script.set()
+                upstream_writer.write(data)
+                await upstream_writer.drain()
+
+        async def forward_replies() -> None:
+            while data := await upstream_reader.read(65536):
+                if sent_script.is_set() and self.dropped == 0:
+                    self.dropped += 1
+                    break
+                writer.write(data)
+                await writer.drain()
+
+        tasks = {asyncio.ensure_future(forward_requests()), asyncio.ensure_future(forward_replies())}
+        self._tasks |= tasks
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            writer.close()
+            upstream_writer.close()
+
+
+async def test_pipeline_with_lost_reply_is_not_sent_again(settings: Settings, redis_client) -> None:
+    """A pipeline whose replies were lost may have run, so every call raises instead of being sent again."""
+    address = redis_client.connection_pool.connection_kwargs
+    proxy = ReplyDroppingProxy(address["host"], address["port"])
+    port = await proxy.start()
+    client = redis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 3))
+    batcher = CommandBatcher(client)
+    script = client.register_script(PUSH)
+    key = f"{settings.namespace}:batched"
+    await redis_client.script_load(PUSH)
+    try:
+        results = await asyncio.gather(*(batcher.call(script, [key], [value]) for value in ("a", "b")), return_exceptions=True)
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+    assert proxy.dropped == 1
+    assert [type(result) for result in results] == [RedisConnectionError] * 2
+    assert await redis_client.lrange(key, 0, -1) == [b"a", b"b"]
