@@ -16,7 +16,7 @@ from services.gateway.server import WS_PATH, Gateway
 from shared.board_store import BoardStore
 from shared.boards import BoardRegistry, load_boards
 from shared.database import create_pool
-from shared.lifecycle import keep_running, stop_on
+from shared.lifecycle import freeze_startup_objects, keep_running, stop_on
 from shared.names import Names
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -57,6 +57,7 @@ async def run_gateway(settings: Settings, *, stop: asyncio.Event | None = None, 
     stopped = asyncio.Event()
     stopper = stop_on(stop, stopped.set)
     await gateway.probes.sampler.sample_at_start()
+    freeze_startup_objects()
     try:
         await asyncio.wait_for(gateway.subscribed.wait(), timeout=SUBSCRIBE_TIMEOUT_S)
         async with serve(

@@ -11,7 +11,7 @@ from aiohttp import web
 from services.ingest.app import create_app
 from shared.board_store import BoardStore
 from shared.database import create_pool
-from shared.lifecycle import keep_running, stop_on
+from shared.lifecycle import freeze_startup_objects, keep_running, stop_on
 from shared.names import Names
 from shared.redis_client import connect_redis
 from shared.redis_stats import RedisSampler
@@ -35,6 +35,7 @@ async def run_ingest(settings: Settings, *, stop: asyncio.Event | None = None) -
     await site.start()
     log.info("ingest listening", host=settings.http_host, port=settings.http_port)
     await RedisSampler(client, Names(settings.namespace)).sample_at_start()
+    freeze_startup_objects()
     stopped = asyncio.Event()
     stopper = stop_on(stop, stopped.set)
     try:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import structlog
 
 from services.persister.persister import Persister
 from shared.database import create_pool
-from shared.lifecycle import stop_on
+from shared.lifecycle import freeze_startup_objects, stop_on
 from shared.probe_server import serve_probes
 from shared.probes import consumer_probes
 from shared.names import PERSISTER_GROUP, Names
@@ -37,11 +36,7 @@ async def run_persister(settings: Settings, *, stop: asyncio.Event | None = None
     probes = consumer_probes(client, Names(settings.namespace), consumer.joined, pool)
     await probes.sampler.sample_at_start()
     log.info("persister started")
-    # What startup created (modules, clients, the pool) lives as long as the process. Frozen, it is
-    # left out of every later garbage collection, which then scans only what batches allocate.
-    # Collecting first keeps garbage that is already there from being frozen with it.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_objects()
     try:
         async with serve_probes(probes, settings.metrics_host, settings.metrics_port):
             await consumer.run()

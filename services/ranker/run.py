@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 
 import structlog
 
@@ -14,7 +13,7 @@ from services.ranker.rebuild import rebuild_if_lost, watch_for_lost_boards
 from shared.board_store import BoardStore
 from shared.clock import Clock, system_clock
 from shared.database import create_pool
-from shared.lifecycle import keep_running, stop_on
+from shared.lifecycle import freeze_startup_objects, keep_running, stop_on
 from shared.probe_server import serve_probes
 from shared.probes import consumer_probes
 from shared.names import RANKER_GROUP, Names
@@ -61,11 +60,7 @@ async def run_ranker(settings: Settings, *, stop: asyncio.Event | None = None, c
     probes = consumer_probes(client, names, consumer.joined)
     await probes.sampler.sample_at_start()
     log.info("ranker started", boards=len(boards))
-    # What startup created (modules, clients, boards) lives as long as the process. Frozen, it is
-    # left out of every later garbage collection, which then scans only what batches allocate.
-    # Collecting first keeps garbage that is already there from being frozen with it.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_objects()
     try:
         async with serve_probes(probes, settings.metrics_host, settings.metrics_port):
             await consumer.run()
