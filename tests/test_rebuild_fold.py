@@ -276,3 +276,43 @@ def test_catch_up_mark_without_entries() -> None:
     assert catch_up_mark(f"{now_ms - 5}-3", now_ms) == f"{now_ms - 5}-3"
     assert catch_up_mark(f"{now_ms + 9000}-0", now_ms) == f"{now_ms + 9000}-0"
     assert catch_up_mark(None, 5) == "0-0"
+
+
+EDGE_BOARDS = [
+    Board(id="latest-first", metric="m", operator=Operator.LATEST, tie=Tie.FIRST, decimals=2),
+    Board(id="latest-lower", metric="m", operator=Operator.LATEST, order=Order.LOWER, reset=Reset.DAILY, decimals=2),
+    Board(id="best-first", metric="m", operator=Operator.BEST, tie=Tie.FIRST, decimals=2),
+    Board(id="best-lower-first", metric="m", operator=Operator.BEST, order=Order.LOWER, tie=Tie.FIRST, decimals=2),
+    Board(id="sum-first", metric="m", operator=Operator.SUM, tie=Tie.FIRST, decimals=2),
+    Board(id="count-lower-first", metric="m", operator=Operator.COUNT, order=Order.LOWER, tie=Tie.FIRST),
+]
+
+
+async def test_rebuild_equals_apply_on_edge_values(settings: Settings, redis_client) -> None:
+    """Equal instants, ids that sort differently as text, negative and half-way decimal values, and renames posted late all rebuild as applied."""
+    async with board_pipeline(settings, EDGE_BOARDS, START + timedelta(hours=2)) as pipeline:
+        at = (START + timedelta(hours=1)).isoformat()
+        earlier = (START + timedelta(minutes=30)).isoformat()
+        posts = [
+            # Same instant, different values; "e10" sorts before "e9" as text.
+            [{**pipeline.event("a", 2.675, at, display_name="Ann"), "event_id": "e9"}],
+            [{**pipeline.event("a", -3.5, at), "event_id": "e10"}],
+            [pipeline.event("a", 1.005, earlier)],
+            # A rename sent last but for an earlier workout.
+            [pipeline.event("b", -0.125, at, display_name="Bea")],
+            [pipeline.event("b", 0.375, earlier, display_name="Beatrice")],
+            [pipeline.event("c", 2.675, earlier), pipeline.event("c", 2.675, at)],
+        ]
+        for events in posts:
+            await pipeline.post(events)
+            await pipeline.process()
+        names = pipeline.names
+        before = await board_keys(pipeline.client, names)
+        assert before[names.display_names] == {b"a": b"Ann", b"b": b"Beatrice"}
+
+        await delete_board_state(pipeline.client, names)
+        await Rebuilder(pipeline.client, pipeline.pool, names, pipeline.store.registry).rebuild()
+
+        after = await board_keys(pipeline.client, names)
+        assert after[names.display_names] == before[names.display_names]
+        assert after == expected_after_rebuild(before)

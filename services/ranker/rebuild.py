@@ -62,15 +62,15 @@ BATCH_EVENTS = 500
 # returns numeric since PostgreSQL 14, so nothing is rounded). Ordering
 # by user_id in the column's own collation lets PostgreSQL walk the user_id
 # index and send the first rows at once. A database's default collation is
-# deterministic, so equal ids still come together. Within an athlete,
-# (occurred_at, event_id) order makes the last display name win, as it did
-# when the events were replayed one by one.
+# deterministic, so equal ids still come together. Within an athlete, stream
+# order makes the display name of the last event appended win, as the live
+# ranker keeps it, even when an earlier workout is posted last.
 REPLAY_QUERY = (
     "SELECT event_id, user_id, metric, value,"
     " (extract(epoch FROM occurred_at) * 1000000)::bigint, (extract(epoch FROM received_at) * 1000000)::bigint,"
     " display_name, groups"
     " FROM events WHERE metric = any($1::text[])"
-    " ORDER BY user_id, occurred_at, event_id"
+    " ORDER BY user_id, split_part(stream_id, '-', 1)::bigint, split_part(stream_id, '-', 2)::bigint"
 )
 # Rows the cursor fetches per round trip.
 FETCH_ROWS = 5000

@@ -68,8 +68,9 @@ class PeriodFinder:
     Like :class:`shared.periods.PeriodLookup`, but instants are integer
     microseconds since the epoch, which the replay reads from PostgreSQL
     without building a datetime per event. Periods are kept per hour of the
-    instant, because the replay reads each athlete's events from the earliest
-    on, so the next athlete's first event jumps back in time. The result always
+    instant, because the replay reads each athlete's events in stream order,
+    mostly oldest first, so the next athlete's first event and every late event
+    jump back in time. The result always
     equals :func:`period_of` and :func:`closes_at`: a kept period is reused
     only for instants inside its bounds, so an hour that two periods share
     (zones whose midnight is not on a UTC hour, cron times) only costs more
