@@ -17,6 +17,9 @@ from shared.boards import Board, Operator, Order, Reset, Scope, Tie, WeekStart
 from shared.names import Names
 from shared.periods import closes_at, period_of
 from shared.settings import Settings
+from services.persister.store import insert_events
+from shared.schema import stream_event_decoder
+from shared.stream import EVENT_FIELD, Entry
 from tests.board_pipeline import Pipeline, board_pipeline
 
 # Around the end of daylight-saving time in Europe (Oct 25) and the US (Nov 1).
@@ -316,3 +319,56 @@ async def test_rebuild_equals_apply_on_edge_values(settings: Settings, redis_cli
         after = await board_keys(pipeline.client, names)
         assert after[names.display_names] == before[names.display_names]
         assert after == expected_after_rebuild(before)
+
+
+class TrafficDuringRebuild(Rebuilder):
+    """A rebuilder that lets events arrive while it replays, and the persister store and trim them while it catches up.
+
+    Events ``applied_then_persisted`` reach the ranker before the swap, so they
+    count on the old keys only, and reach PostgreSQL only once the catch-up has
+    begun. The stream entries are trimmed then too, as the consumers trim what
+    both groups acknowledged.
+    """
+
+    def __init__(self, pipeline: Pipeline, persisted: list[dict], applied_then_persisted: list[dict]) -> None:
+        super().__init__(pipeline.client, pipeline.pool, pipeline.names, pipeline.store.registry)
+        self.pipeline = pipeline
+        self.persisted = persisted
+        self.applied_then_persisted = applied_then_persisted
+        self.late_entries: list[Entry] = []
+
+    async def _replay(self, fold, metrics, total, progress) -> int:
+        events = await super()._replay(fold, metrics, total, progress)
+        posted = self.persisted + self.applied_then_persisted
+        await self.pipeline.post(posted)
+        raw = await self.client.xrevrange(self.names.events_stream, count=len(posted))
+        entries = [Entry(entry_id.decode(), stream_event_decoder.decode(fields[EVENT_FIELD])) for entry_id, fields in reversed(raw)]
+        await self.pipeline.ranker.handle(entries)
+        async with self.pool.acquire() as connection:
+            await insert_events(connection, entries[: len(self.persisted)])
+        self.late_entries = entries[len(self.persisted) :]
+        return events
+
+    async def _apply_live(self, entries, registry, hidden) -> int:
+        if self.late_entries:
+            async with self.pool.acquire() as connection:
+                await insert_events(connection, self.late_entries)
+            await self.client.xtrim(self.names.events_stream, maxlen=0, approximate=False)
+            self.late_entries = []
+        return await super()._apply_live(entries, registry, hidden)
+
+
+async def test_rebuild_counts_events_persisted_during_catch_up(settings: Settings, redis_client) -> None:
+    """An event the ranker applied before the swap and the persister stored during the catch-up counts once on the new keys."""
+    async with board_pipeline(settings, [BOARDS[1]], START + timedelta(hours=2)) as pipeline:
+        at = (START + timedelta(hours=1)).isoformat()
+        await pipeline.post([pipeline.event("a", 1, at)])
+        await pipeline.process()
+        names = pipeline.names
+        scores_key = names.board_scores("sum-first", "all")
+
+        rebuilder = TrafficDuringRebuild(pipeline, [pipeline.event("a", 2, at)], [pipeline.event("b", 4, at)])
+        await rebuilder.rebuild()
+
+        assert await pipeline.client.zrange(scores_key, 0, -1, withscores=True) == [(b"a", 30.0), (b"b", 40.0)]
+        assert await pipeline.client.zcard(names.board_applied("sum-first", "all")) == 3

@@ -13,7 +13,7 @@ Steps, per run:
    hash tag as the live ones.
 3. Swap each built period in with one script (RENAME of every part), so
    readers see either the old or the new standings, never a mix.
-4. Apply the events after S0, from PostgreSQL and from the stream, to the new
+4. Apply the events after S0, from the stream and then from PostgreSQL, to the new
    keys through the apply script. The ranker may have applied some of them to
    the old keys before the swap; the aside keys record every replayed event id
    and the apply script records event ids with the scores, so every event
@@ -272,11 +272,24 @@ class Rebuilder:
 
         The consumers trim the stream below what both groups acknowledged, so an
         entry after the mark is either still in the stream or already in
-        PostgreSQL. Both are read; the apply script drops the repeats.
+        PostgreSQL. Both are read, the stream first: an entry trimmed before
+        XRANGE reached it was stored before the PostgreSQL query starts. Read the
+        other way round, an entry stored after the query started and trimmed
+        before XRANGE would be missed. The apply script drops the repeats.
         """
         registry = BoardRegistry(boards)
-        milliseconds, sequence = parse_stream_id(start_mark)
         applied = 0
+        start = f"({start_mark}"
+        while raw := await self.client.xrange(self.names.events_stream, min=start, max="+", count=BATCH_EVENTS):
+            entries = []
+            for entry_id, fields in raw:
+                try:
+                    entries.append(Entry(_text(entry_id), stream_event_decoder.decode(fields[EVENT_FIELD])))
+                except (msgspec.DecodeError, KeyError, TypeError):
+                    continue  # The consumers dead-letter such entries; they carry no event.
+            applied += await self._apply_live(entries, registry, hidden)
+            start = f"({_text(raw[-1][0])}"
+        milliseconds, sequence = parse_stream_id(start_mark)
         async with self.pool.acquire() as connection, connection.transaction():
             cursor = await connection.cursor(
                 "SELECT event_id, user_id, metric, value, occurred_at, received_at, display_name, groups FROM events"
@@ -286,19 +299,7 @@ class Rebuilder:
             )
             while rows := await cursor.fetch(FETCH_ROWS):
                 applied += await self._apply_live([Entry(stream_id="0-0", event=_event_of(row)) for row in rows], registry, hidden)
-        start = f"({start_mark}"
-        while True:
-            raw = await self.client.xrange(self.names.events_stream, min=start, max="+", count=BATCH_EVENTS)
-            if not raw:
-                return applied
-            entries = []
-            for entry_id, fields in raw:
-                try:
-                    entries.append(Entry(_text(entry_id), stream_event_decoder.decode(fields[EVENT_FIELD])))
-                except (msgspec.DecodeError, KeyError, TypeError):
-                    continue  # The consumers dead-letter such entries; they carry no event.
-            applied += await self._apply_live(entries, registry, hidden)
-            start = f"({_text(raw[-1][0])}"
+        return applied
 
     async def _apply_live(self, entries: list[Entry], registry: BoardRegistry, hidden: list[str]) -> int:
         for offset in range(0, len(entries), BATCH_EVENTS):
