@@ -256,3 +256,27 @@ async def test_failed_authentications_limited_per_address(settings: Settings, re
     assert verified.status == 202
     assert anonymous_read.status == 200
     assert await stream_length(redis_client, settings) == 2
+
+
+async def test_revoked_key_loses_failure_limit_exemption(settings: Settings, redis_client) -> None:
+    """A key revoked through this process is no longer exempt: from a blocked address it gets 429, not its 401."""
+    limited = replace(settings, auth_failures_per_minute=6, auth_failure_burst=3, api_key_cache_ttl_s=300)
+    admin = await new_key(settings, KeyKind.ADMIN)
+    async with ingest_client(limited) as http:
+        created = await http.post("/v1/admin/keys", json={"name": "phone", "kind": "server"}, headers=bearer(admin))
+        created_body = await created.json()
+        key = created_body["secret"]
+        verified = await http.post("/v1/events", json=[event("e1")], headers=bearer(key))
+        revoked = await http.delete(f"/v1/admin/keys/{created_body['key']['id']}", headers=bearer(admin))
+        failures = [(await http.post("/v1/events", json=[event("x")], headers=bearer(f"rsk_guess{i}"))).status for i in range(3)]
+        after_revocation = await http.post("/v1/events", json=[event("e2")], headers=bearer(key))
+        admin_after = await http.get("/v1/admin/keys", headers=bearer(admin))
+
+    assert created.status == 201
+    assert verified.status == 202
+    assert revoked.status == 200
+    assert failures == [401, 401, 401]
+    assert after_revocation.status == 429
+    # A revocation drops every cached lookup, so the admin key is no longer exempt either.
+    assert admin_after.status == 429
+    assert await stream_length(redis_client, settings) == 1
