@@ -37,7 +37,7 @@ SIZES = {
         "naive_rank_queries": 5,
         "read_concurrency": 4,
         "read_s": 5.0,
-        "single_concurrency": 64,
+        "single_concurrency": 128,
         "single_s": 8.0,
         "batch_size": 100,
         "batch_concurrency": 8,

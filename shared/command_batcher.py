@@ -55,14 +55,30 @@ class _Call:
 
 
 class CommandBatcher:
-    """A queue of script calls, sent as one pipeline at a time in the order they were made."""
+    """A queue of script calls, sent as pipelines in the order they were made.
 
-    def __init__(self, client: redis.Redis, *, wait_aof_timeout_ms: int | None = None, max_batch_calls: int = MAX_BATCH_CALLS) -> None:
+    Up to ``max_in_flight`` pipelines are in flight at once, each on its own
+    connection, so calls queue up for the next one while the others wait for
+    their replies (or for the disk). Two pipelines in flight may run in either
+    order on the server.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        wait_aof_timeout_ms: int | None = None,
+        max_batch_calls: int = MAX_BATCH_CALLS,
+        max_in_flight: int = 1,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self.client = client
         self.wait_aof_timeout_ms = wait_aof_timeout_ms
         self.max_batch_calls = max_batch_calls
+        self.max_in_flight = max_in_flight
         self._queue: list[_Call] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._senders: set[asyncio.Task[None]] = set()
         self.pipelines_sent = 0
         self.calls_sent = 0
 
@@ -76,8 +92,10 @@ class CommandBatcher:
         """
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._queue.append(_Call(script, keys, args, future))
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
+        if len(self._senders) < self.max_in_flight:
+            sender = asyncio.get_running_loop().create_task(self._send_queued())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
         return await future
 
     async def _send_queued(self) -> None:
@@ -96,7 +114,7 @@ class CommandBatcher:
                     if not call.future.done():
                         call.future.set_result(reply)
         finally:
-            self._sender = None
+            self._senders.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def _send(self, batch: list[_Call]) -> list[Reply]:
         values, on_disk = await self._pipeline(batch)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.asyncio.retry import Retry
@@ -179,3 +181,42 @@ async def test_pipeline_with_lost_reply_is_not_sent_again(settings: Settings, re
     assert proxy.dropped == 1
     assert [type(result) for result in results] == [RedisConnectionError] * 2
     assert await redis_client.lrange(key, 0, -1) == [b"a", b"b"]
+
+
+# Appends ARGV[1] to KEYS[1] after an empty loop of ARGV[2] turns, which keeps
+# the server busy for a few milliseconds. A loop on TIME would not end, because
+# the clock does not advance within a script.
+SLOW_PUSH = """
+for _ = 1, tonumber(ARGV[2]) do end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+
+async def test_second_pipeline_goes_out_while_first_in_flight(settings: Settings, redis_client) -> None:
+    """With two in flight, a call made during the first pipeline goes out at once; later calls share a third."""
+    batcher = CommandBatcher(redis_client, max_in_flight=2)
+    script = redis_client.register_script(SLOW_PUSH)
+    await redis_client.script_load(SLOW_PUSH)  # so no call takes the reload path, which sends it again
+    key = f"{settings.namespace}:batched"
+
+    first = asyncio.ensure_future(batcher.call(script, [key], ["a", 3_000_000]))
+    await asyncio.sleep(0)  # the first sender starts with "a"
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(batcher.call(script, [key], ["b", 0]))
+    await asyncio.sleep(0)  # the second sender starts with "b" while "a" still runs
+    await asyncio.sleep(0)
+    later = [asyncio.ensure_future(batcher.call(script, [key], [value, 0])) for value in ("c", "d")]
+    replies = await asyncio.gather(first, second, *later)
+
+    # Pipelines on two connections may run in either order, so only "a" has a known place.
+    assert replies[0].value == 1
+    assert sorted(reply.value for reply in replies[1:]) == [2, 3, 4]
+    assert sorted(await redis_client.lrange(key, 0, -1)) == [b"a", b"b", b"c", b"d"]
+    assert batcher.pipelines_sent == 3
+    assert batcher.calls_sent == 4
+
+
+def test_in_flight_below_one_rejected(redis_client) -> None:
+    """A batcher needs at least one pipeline in flight."""
+    with pytest.raises(ValueError, match="max_in_flight must be at least 1, not 0"):
+        CommandBatcher(redis_client, max_in_flight=0)

@@ -26,6 +26,10 @@ from shared.schema import ScoreEvent, StreamEvent
 
 APPEND_SCRIPT = resources.files("services.ingest").joinpath("append.lua").read_text(encoding="utf-8")
 
+# Append pipelines in flight at once per ingest process: the next batch forms
+# and goes out while one waits for the fsync.
+IN_FLIGHT = 2
+
 DUPLICATE = "duplicate"
 CONFLICT = "conflict"
 _FULL = b"full"
@@ -84,7 +88,7 @@ class Appender:
         self.max_backlog = max_backlog
         self.retry_after_s = retry_after_s
         self.script = client.register_script(APPEND_SCRIPT)
-        self.batcher = CommandBatcher(client, wait_aof_timeout_ms=None if durability == "relaxed" else waitaof_timeout_ms)
+        self.batcher = CommandBatcher(client, wait_aof_timeout_ms=None if durability == "relaxed" else waitaof_timeout_ms, max_in_flight=IN_FLIGHT)
 
     async def append(self, events: Sequence[ScoreEvent], received_at: datetime) -> list[str]:
         """Return, per event, its new stream id, DUPLICATE or CONFLICT.
