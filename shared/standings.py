@@ -190,9 +190,15 @@ async def count_participants(client: redis.Redis, names: Names, board: Board, pe
     return await client.zcard(view.key) - len(view.hidden)
 
 
-async def _standing_of(view: _Ranking, user_id: str, score: float, participants: int) -> tuple[int, int, float] | None:
-    """Return (rank, visible position, percentile) of a visible athlete with ``score``."""
-    position = await view.raw_position(user_id, score)
+async def _standing_of(
+    view: _Ranking, user_id: str, score: float, participants: int, position: int | None = None
+) -> tuple[int, int, float] | None:
+    """Return (rank, visible position, percentile) of a visible athlete with ``score``.
+
+    ``position`` is the athlete's place in the sorted set when the caller read it already.
+    """
+    if position is None:
+        position = await view.raw_position(user_id, score)
     if position is None:
         return None
     visible_position = position - view.hidden_before(position)
@@ -216,18 +222,23 @@ async def read_user(
 ) -> UserStanding | None:
     """Return one athlete's standing with ``around`` neighbours each side, or None if unranked or hidden."""
     view = await _open(client, names, board, period, group)
-    if user_id in view.hidden or await client.sismember(names.hidden_users, user_id):
+    # A hidden athlete with a score is in view.hidden, and one without a score gets None below anyway.
+    if user_id in view.hidden:
         return None
 
     async with client.pipeline(transaction=False) as pipe:
         pipe.zscore(view.key, user_id)
         pipe.zcard(view.key)
         pipe.hget(names.display_names, user_id)
-        score, total, display_name = await pipe.execute()
+        if not view.first:
+            # With shared ranks the place needs no score, so it comes in the same round trip.
+            pipe.zrevrank(view.key, user_id)
+        replies = await pipe.execute()
+    score, total, display_name = replies[:3]
     if score is None:
         return None
     participants = total - len(view.hidden)
-    placed = await _standing_of(view, user_id, score, participants)
+    placed = await _standing_of(view, user_id, score, participants, None if view.first else replies[3])
     if placed is None:
         return None
     rank, visible_position, percentile = placed
