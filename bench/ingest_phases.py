@@ -108,11 +108,13 @@ async def batches_end_to_end(cluster: Cluster, *, batch_size: int, concurrency: 
             backlog_samples.append((round(time.perf_counter() - started, 2), worst))
             await asyncio.sleep(1.0)
 
+    commands_before = await client.info("commandstats")
     started = time.perf_counter()
     sampler = asyncio.create_task(sample_backlog(started))
     try:
         results = await closed_loop("127.0.0.1", cluster.http_port, make, concurrency=concurrency, duration_s=duration_s, max_requests=10_000_000)
         drained_at = await wait_drained(client, stream, CONSUMER_GROUPS, drain_timeout_s)
+        commands_after = await client.info("commandstats")
     finally:
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
@@ -130,6 +132,7 @@ async def batches_end_to_end(cluster: Cluster, *, batch_size: int, concurrency: 
         "end_to_end_s": None if drained_at is None else round(drained_at - results.started_s, 2),
         "end_to_end_events_per_s": None if drained_at is None else round(events / (drained_at - results.started_s), 1),
         "backlog_samples": backlog_samples,
+        "valkey_commands": command_costs(commands_before, commands_after, events),
         **{f"request_{key}": value for key, value in percentiles_ms(results.latencies_s).items()},
     }
 
@@ -226,6 +229,23 @@ async def push_latency(cluster: Cluster, *, rate_per_s: int, duration_s: float, 
         **percentiles_ms(latencies_s),
         **{f"post_{key}": value for key, value in percentiles_ms(load.latencies_s).items()},
     }
+
+
+def command_costs(before: dict, after: dict, events: int, top: int = 8) -> list[dict]:
+    """Return the commands Valkey spent most time in between two INFO commandstats, per event.
+
+    A script's time includes the commands it calls, which also appear on their own rows.
+    """
+    costs = []
+    for name, stats in after.items():
+        earlier = before.get(name, {})
+        calls = int(stats["calls"]) - int(earlier.get("calls", 0))
+        usec = int(stats["usec"]) - int(earlier.get("usec", 0))
+        if calls > 0 and events > 0:
+            command = name.removeprefix("cmdstat_").upper()
+            costs.append({"command": command, "calls_per_event": round(calls / events, 3), "us_per_event": round(usec / events, 2)})
+    costs.sort(key=lambda cost: cost["us_per_event"], reverse=True)
+    return costs[:top]
 
 
 async def settle(cluster: Cluster, timeout_s: float) -> bool:

@@ -19,17 +19,22 @@ OWN_HEADINGS = {
 # The next step for each kind of missed target: a plan, not a measurement.
 NEXT_STEPS = {
     "single": (
-        "When the ingest process uses close to one core (see the CPU line), it is bound by Python work per request: "
-        "run several ingest processes per host behind one port or a load balancer, send batches from clients that "
-        "can (the batch row reaches far more events per second per process), and, where redis-py's connection.py and "
-        "client.py lead the profile, make the rate-limit check and the append one script call instead of two round "
-        "trips. When it uses much less, it waits, for the fsync (compare the relaxed-durability row) or for cores "
-        "shared with other processes (see the load average above)."
+        "Ingest already sends the Redis calls of concurrent requests as shared pipelines (shared/command_batcher.py), "
+        "so what a request costs is mostly aiohttp's HTTP handling, validation and the event loop (see the profile). "
+        "When the ingest process uses close to one core (see the CPU line), that Python work is the bound: run "
+        "several ingest processes per host behind a load balancer, and send batches from clients that can (the "
+        "batch row reaches far more events per second per process). When it uses much less, it waits for the "
+        "fsync that WAITAOF confirms (compare the relaxed-durability row) or for cores shared with other processes "
+        "(see the load average above)."
     ),
     "e2e": (
-        "Scale the slowest group shown under Details: add rankers or persisters (each group scales on its own), "
-        "and give each ingest process its own core on a bigger machine; on two cores every process competes with "
-        "the load generator, Valkey and PostgreSQL."
+        "The CPU line shows what each accepted event costs in every process and the rate the machine's cores allow "
+        "at that cost: on two cores the whole pipeline, its two servers and the load generator share them. Valkey "
+        "is the largest part. Per event it runs the ingest script (de-duplication key and XADD), the reads and "
+        "acknowledgements of both consumer groups, and the apply script (applied id, score, rank count): the "
+        "commandstats line shows each. On a bigger machine give ingest, the consumer groups and PostgreSQL their "
+        "own cores and scale each group on its own. Valkey runs commands on one thread, so its time per event "
+        "bounds what one instance takes."
     ),
     "push": (
         "The gateway sends each subscription at most RANKSTREAM_WS_MAX_UPDATES_PER_S updates per second (50 by "
@@ -91,10 +96,18 @@ def _cpu_per_event(run: dict) -> list[str]:
     total_us = sum(per_event_us.values())
     spent = ", ".join(f"{service} {value:.1f}" for service, value in per_event_us.items())
     cores = os.cpu_count() or 1
-    return [
+    lines = [
         f"  - CPU per accepted event, in microseconds: {spent}; {total_us:.1f} in all. At that cost "
         f"{cores} cores carry at most {cores * 1e6 / total_us:,.0f} events/s, whatever the scheduling."
     ]
+    commands = run.get("valkey_commands")
+    if commands:
+        spent_in = ", ".join(f"{cost['command']} {cost['us_per_event']:.1f} ({cost['calls_per_event']:g} calls)" for cost in commands)
+        lines.append(
+            f"  - Valkey's time in commands per accepted event, in microseconds (INFO commandstats; EVALSHA is the "
+            f"ingest and apply scripts and includes the commands they call, which have rows of their own): {spent_in}."
+        )
+    return lines
 
 
 def _missed(results: dict, rows: list[Row]) -> list[str]:

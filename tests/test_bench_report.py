@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench.common import percentiles_ms
+from bench.ingest_phases import command_costs
 from bench.limits import resp
 from bench.profile import summarize
 from bench.report import foreign_sections, summary_rows
@@ -14,6 +15,23 @@ def test_percentiles_nearest_rank() -> None:
     assert percentiles_ms(samples) == {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0}
     assert percentiles_ms([0.002]) == {"p50_ms": 2.0, "p95_ms": 2.0, "p99_ms": 2.0}
     assert percentiles_ms([]) == {"p50_ms": None, "p95_ms": None, "p99_ms": None}
+
+
+def test_command_costs_per_event() -> None:
+    """Command time and calls between two commandstats snapshots, per event, most time first."""
+    before = {"cmdstat_evalsha": {"calls": 10, "usec": 100}, "cmdstat_get": {"calls": 5, "usec": 5}}
+    after = {
+        "cmdstat_evalsha": {"calls": 30, "usec": 1100},
+        "cmdstat_xadd": {"calls": 2000, "usec": 400},
+        "cmdstat_get": {"calls": 5, "usec": 5},
+    }
+
+    costs = command_costs(before, after, events=1000)
+
+    assert costs == [
+        {"command": "EVALSHA", "calls_per_event": 0.02, "us_per_event": 1.0},
+        {"command": "XADD", "calls_per_event": 2.0, "us_per_event": 0.4},
+    ]
 
 
 def test_resp_encoding() -> None:
