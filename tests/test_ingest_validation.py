@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
+import msgspec
 import pytest
 
+from services.ingest.appender import Appender
+from shared.names import Names
+from shared.schema import ScoreEvent
 from shared.settings import Settings
 from tests.helpers import ingest_client, new_key
 
@@ -150,6 +156,27 @@ async def test_duplicate_and_conflict(settings: Settings, redis_client) -> None:
     assert changed_body["results"][0]["status"] == "conflict"
     assert changed_body["results"][0]["field"] == "event_id"
     assert await redis_client.xlen(f"{settings.namespace}:{{events}}:stream") == 1
+
+
+async def test_duplicate_writes_so_its_fsync_wait_covers_original(settings: Settings, redis_client) -> None:
+    """A duplicate rewrites the seen key with its TTL kept, so a WAITAOF on its connection covers the original."""
+    appender = Appender(redis_client, Names(settings.namespace), dedupe_ttl_s=1000, durability="relaxed")
+    event = msgspec.convert(VALID, ScoreEvent)
+    received_at = datetime(2026, 12, 2, 10, 0, 1, tzinfo=timezone.utc)
+    seen_key = f"{settings.namespace}:{{events}}:seen:ok-1"
+
+    first = await appender.append([event], received_at)
+    stored_hash = await redis_client.get(seen_key)
+    await redis_client.expire(seen_key, 500)
+    offset_before = (await redis_client.info("replication"))["master_repl_offset"]
+    again = await appender.append([event], received_at)
+    offset_after = (await redis_client.info("replication"))["master_repl_offset"]
+
+    assert first[0] != "duplicate"
+    assert again == ["duplicate"]
+    assert offset_after > offset_before
+    assert await redis_client.get(seen_key) == stored_hash
+    assert 490 <= await redis_client.ttl(seen_key) <= 500
 
 
 async def test_repeated_id_in_one_request(settings: Settings, redis_client) -> None:

@@ -53,6 +53,11 @@ for i = 2, #KEYS do
     redis.call('SET', KEYS[i], body_hash, 'EX', ttl_s)
     replies[#replies + 1] = entry_id
   elseif previous[i] == body_hash then
+    -- Rewriting the same value is a write, so this connection's WAITAOF also
+    -- waits for the original append, which may have come on another connection
+    -- and not be on disk yet. Without it a retry could get "duplicate" before
+    -- the event it repeats is durable.
+    redis.call('SET', KEYS[i], body_hash, 'KEEPTTL')
     replies[#replies + 1] = 'duplicate'
   else
     replies[#replies + 1] = 'conflict'
