@@ -3,10 +3,10 @@
 Each Redis call through redis-py costs a connection checkout, a write and a
 timeout around the read, and with one call per request that cost bounded the
 ingest process. A :class:`CommandBatcher` queues the calls that arrive while
-its previous pipeline is in flight and sends them all in the next one, so
-under load one round trip serves many requests. A call that arrives when the
-batcher is idle goes out on the next turn of the event loop, so a lone request
-waits for nothing but its own round trip.
+its pipelines are in flight (one by default) and sends them all in the next
+one, so under load one round trip serves many requests. A call that arrives
+when a pipeline could leave goes out on the next turn of the event loop, so a
+lone request waits for nothing but its own round trip.
 
 With ``wait_aof_timeout_ms`` set, each pipeline ends with ``WAITAOF 1 0``, and
 every call in it learns whether its writes reached the append-only file.
