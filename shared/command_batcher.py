@@ -17,6 +17,7 @@ connection, so one wait confirms every call of the batch.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ import redis.asyncio as redis
 import structlog
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = structlog.get_logger(__name__)
 
@@ -165,11 +167,17 @@ async def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[An
     await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
     replies: list[Any] = []
     try:
-        for _command in commands:
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as error:
-                replies.append(error)
+        # One deadline for all the replies: redis-py's own per-read timeout
+        # (math.inf turns it off) cost a timer per reply.
+        async with asyncio.timeout(connection.socket_timeout):
+            for _command in commands:
+                try:
+                    replies.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as error:
+                    replies.append(error)
+    except TimeoutError as error:
+        await connection.disconnect(nowait=True)
+        raise RedisTimeoutError(f"timed out after {connection.socket_timeout} s reading {len(commands)} replies from Redis") from error
     except BaseException:
         # Replies still unread would reach the next user of this connection.
         await connection.disconnect(nowait=True)

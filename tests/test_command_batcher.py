@@ -8,6 +8,7 @@ import pytest
 
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
@@ -220,3 +221,22 @@ def test_in_flight_below_one_rejected(redis_client) -> None:
     """A batcher needs at least one pipeline in flight."""
     with pytest.raises(ValueError, match="max_in_flight must be at least 1, not 0"):
         CommandBatcher(redis_client, max_in_flight=0)
+
+
+async def test_slow_replies_time_out_and_drop_connection(settings: Settings, redis_client) -> None:
+    """Replies later than the socket timeout raise a Redis timeout; the next call gets a fresh connection."""
+    client = redis.Redis(host="127.0.0.1", port=redis_client.connection_pool.connection_kwargs["port"], socket_timeout=0.05)
+    batcher = CommandBatcher(client)
+    script = client.register_script(SLOW_PUSH)
+    key = f"{settings.namespace}:batched"
+    try:
+        await client.script_load(SLOW_PUSH)
+        with pytest.raises(RedisTimeoutError, match="timed out after 0.05 s reading 1 replies from Redis"):
+            await batcher.call(script, [key], ["slow", 20_000_000])
+        await redis_client.ping()  # waits until the slow script has ended
+        after = await batcher.call(script, [key], ["next", 0])
+    finally:
+        await client.aclose()
+
+    assert after.value == 2
+    assert await redis_client.lrange(key, 0, -1) == [b"slow", b"next"]
