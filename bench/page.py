@@ -319,8 +319,9 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "- Limits: `valkey-cli --pipe` sends the commands the ingest script, the apply script and the read path issue, "
         "pipelined, to the same Valkey; COPY loads the same events table the persister writes.",
         "- Profiles: py-spy samples the service processes during the phases, and the harness itself during the rebuild, "
-        "whose code runs inside the harness. It also counts the CPU seconds each service used, PostgreSQL's "
-        "processes included.",
+        "whose code runs inside the harness. For single-event ingest it samples a second, shorter run instead, "
+        "because py-spy's own CPU would lower the figure. The harness also counts the CPU seconds each service "
+        "used, PostgreSQL's processes included.",
         "",
         "## Missed targets",
         "",
@@ -333,7 +334,7 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "## Reproduce",
         "",
         "```sh",
-        "make bench            # full run, about ten minutes on two cores",
+        "make bench            # full run, about four minutes on two cores",
         ".venv/bin/python -m bench --quick   # a tenth of the data, for development",
         "```",
         "",
