@@ -40,7 +40,7 @@ SIZES = {
         "single_concurrency": 128,
         "single_s": 10.0,
         "batch_size": 100,
-        "batch_concurrency": 8,
+        "batch_concurrency": 16,
         "batch_s": 10.0,
         "latency_s": 6.0,
         "rates": [500, 2000, 10000],
