@@ -21,6 +21,7 @@ staff, test and opted-out accounts, not for most of a board.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import redis.asyncio as redis
@@ -87,11 +88,22 @@ class _Ranking:
         return self.board.tie is Tie.FIRST
 
     async def raw_range(self, start: int, stop: int) -> list[tuple[str, float]]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            self.queue_range(pipe, start, stop)
+            (reply,) = await pipe.execute()
+        return self.parse_range(reply)
+
+    def queue_range(self, pipe: Any, start: int, stop: int) -> None:
+        """Add the read of sorted-set positions ``start`` to ``stop`` to ``pipe``; :meth:`parse_range` reads its reply."""
         if self.first:
-            members = await self.client.zrange(self.order_key, start, stop)
-            return [(member.decode()[_ORDER_PREFIX_LENGTH:], float(sort_score_of_member(member.decode()))) for member in members]
-        rows = await self.client.zrevrange(self.key, start, stop, withscores=True)
-        return [(member.decode(), score) for member, score in rows]
+            pipe.zrange(self.order_key, start, stop)
+        else:
+            pipe.zrevrange(self.key, start, stop, withscores=True)
+
+    def parse_range(self, reply: list) -> list[tuple[str, float]]:
+        if self.first:
+            return [(member.decode()[_ORDER_PREFIX_LENGTH:], float(sort_score_of_member(member.decode()))) for member in reply]
+        return [(member.decode(), score) for member, score in reply]
 
     async def raw_position(self, user_id: str, score: float) -> int | None:
         if not self.first:
@@ -117,18 +129,29 @@ def order_member(sort_score: int, reached: str, user_id: str) -> str:
     return f"{key}:{reached}:{user_id}"
 
 
-async def _open(client: redis.Redis, names: Names, board: Board, period: str, group: str | None) -> _Ranking:
+def _view(client: redis.Redis, names: Names, board: Board, period: str, group: str | None) -> _Ranking:
     ranking = ranking_id(board.id, group)
-    view = _Ranking(
+    return _Ranking(
         client, names, board,
         key=names.board_scores(ranking, period),
         order_key=names.board_order(ranking, period),
         reached_key=names.board_reached(ranking, period),
         hidden={},
     )
-    hidden_users = sorted(member.decode() for member in await client.smembers(names.hidden_users))
+
+
+async def _open(client: redis.Redis, names: Names, board: Board, period: str, group: str | None) -> _Ranking:
+    view = _view(client, names, board, period, group)
+    await _find_hidden(view, await client.smembers(names.hidden_users))
+    return view
+
+
+async def _find_hidden(view: _Ranking, members: set[bytes]) -> None:
+    """Record in ``view`` where each hidden athlete with a score in the ranking period sits."""
+    hidden_users = sorted(member.decode() for member in members)
     if not hidden_users:
-        return view
+        return
+    client = view.client
     scores = await client.zmscore(view.key, hidden_users)
     for user_id, score in zip(hidden_users, scores, strict=True):
         if score is None:
@@ -136,7 +159,6 @@ async def _open(client: redis.Redis, names: Names, board: Board, period: str, gr
         position = await view.raw_position(user_id, score)
         if position is not None:
             view.hidden[user_id] = (score, position)
-    return view
 
 
 def _raw_start(view: _Ranking, offset: int) -> int:
@@ -153,15 +175,22 @@ def _raw_start(view: _Ranking, offset: int) -> int:
 async def _visible_range(view: _Ranking, offset: int, limit: int) -> list[Standing]:
     start = _raw_start(view, offset)
     rows = await view.raw_range(start, start + limit - 1 + len(view.hidden))
+    return await _standings_of_rows(view, offset, limit, rows)
+
+
+async def _standings_of_rows(view: _Ranking, offset: int, limit: int, rows: list[tuple[str, float]]) -> list[Standing]:
+    """Turn sorted-set rows that start at visible position ``offset`` into at most ``limit`` standings."""
     rows = [(user_id, score) for user_id, score in rows if user_id not in view.hidden][:limit]
     if not rows:
         return []
-    names = await view.client.hmget(view.names.display_names, [user_id for user_id, _score in rows])
-    if view.first:
-        rank = offset + 1
-    else:
-        higher = await view.client.zcount(view.key, f"({rows[0][1]!r}", "+inf")
-        rank = higher - view.hidden_above(rows[0][1]) + 1
+    # The names and, with shared ranks, the count above the first row depend only on the rows: one round trip.
+    async with view.client.pipeline(transaction=False) as pipe:
+        pipe.hmget(view.names.display_names, [user_id for user_id, _score in rows])
+        if not view.first:
+            pipe.zcount(view.key, f"({rows[0][1]!r}", "+inf")
+        replies = await pipe.execute()
+    names = replies[0]
+    rank = offset + 1 if view.first else replies[1] - view.hidden_above(rows[0][1]) + 1
     standings: list[Standing] = []
     previous_score: float | None = None
     for index, ((user_id, score), name) in enumerate(zip(rows, names, strict=True)):
@@ -180,8 +209,18 @@ async def read_top(
     """Return up to ``limit`` visible standings starting at visible position ``offset`` (0-based)."""
     if limit <= 0:
         return []
-    view = await _open(client, names, board, period, group)
-    return await _visible_range(view, offset, limit)
+    view = _view(client, names, board, period, group)
+    # Usually no athlete is hidden, so the hidden set and the rows come in one
+    # round trip; when someone is, the rows are read again around them.
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.smembers(names.hidden_users)
+        view.queue_range(pipe, offset, offset + limit - 1)
+        hidden_members, reply = await pipe.execute()
+    if hidden_members:
+        await _find_hidden(view, hidden_members)
+        if view.hidden:
+            return await _visible_range(view, offset, limit)
+    return await _standings_of_rows(view, offset, limit, view.parse_range(reply))
 
 
 async def count_participants(client: redis.Redis, names: Names, board: Board, period: str, *, group: str | None = None) -> int:
