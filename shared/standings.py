@@ -207,20 +207,30 @@ async def read_top(
     client: redis.Redis, names: Names, board: Board, period: str, limit: int, offset: int = 0, *, group: str | None = None
 ) -> list[Standing]:
     """Return up to ``limit`` visible standings starting at visible position ``offset`` (0-based)."""
-    if limit <= 0:
-        return []
+    standings, _participants = await read_top_page(client, names, board, period, limit, offset, group=group)
+    return standings
+
+
+async def read_top_page(
+    client: redis.Redis, names: Names, board: Board, period: str, limit: int, offset: int = 0, *, group: str | None = None
+) -> tuple[list[Standing], int]:
+    """Return what :func:`read_top` returns and the number of visible athletes, as one page of a board needs both."""
     view = _view(client, names, board, period, group)
-    # Usually no athlete is hidden, so the hidden set and the rows come in one
-    # round trip; when someone is, the rows are read again around them.
+    # Usually no athlete is hidden, so the hidden set, the rows and the count
+    # come in one round trip; when one is, the rows are read again around them.
     async with client.pipeline(transaction=False) as pipe:
         pipe.smembers(names.hidden_users)
-        view.queue_range(pipe, offset, offset + limit - 1)
-        hidden_members, reply = await pipe.execute()
+        pipe.zcard(view.key)
+        view.queue_range(pipe, offset, offset + max(limit, 1) - 1)
+        hidden_members, total, reply = await pipe.execute()
     if hidden_members:
         await _find_hidden(view, hidden_members)
-        if view.hidden:
-            return await _visible_range(view, offset, limit)
-    return await _standings_of_rows(view, offset, limit, view.parse_range(reply))
+    participants = total - len(view.hidden)
+    if limit <= 0:
+        return [], participants
+    if view.hidden:
+        return await _visible_range(view, offset, limit), participants
+    return await _standings_of_rows(view, offset, limit, view.parse_range(reply)), participants
 
 
 async def count_participants(client: redis.Redis, names: Names, board: Board, period: str, *, group: str | None = None) -> int:

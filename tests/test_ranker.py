@@ -13,7 +13,7 @@ from shared.boards import Board, BoardRegistry, Operator, Order, Reset
 from shared.names import Names
 from shared.schema import StreamEvent
 from shared.settings import Settings
-from shared.standings import read_top, read_user
+from shared.standings import read_top, read_top_page, read_user
 from shared.stream import Entry
 
 WHEN = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
@@ -224,3 +224,25 @@ async def test_display_names_last_wins(redis_client: redis.Redis, settings: Sett
         entry(3, "b", 1),
     ])
     assert await redis_client.hgetall(Names(settings.namespace).display_names) == {b"a": b"Anna"}
+
+
+async def test_top_page_counts_and_skips_hidden(redis_client: redis.Redis, settings: Settings) -> None:
+    """A top page leaves hidden athletes out of its rows and its count; one hidden elsewhere changes nothing."""
+    board = Board(id="hide", metric="m", operator=Operator.SUM)
+    ranker = make_ranker(redis_client, settings, board)
+    values = {"a": 50, "b": 40, "c": 30, "d": 20}
+    await ranker.handle([entry(i, user, value) for i, (user, value) in enumerate(values.items())])
+    names = Names(settings.namespace)
+
+    await redis_client.sadd(names.hidden_users, "nobody-here")
+    unhidden_rows, unhidden_count = await read_top_page(redis_client, names, board, "all", 3)
+    await redis_client.sadd(names.hidden_users, "a")
+    hidden_rows, hidden_count = await read_top_page(redis_client, names, board, "all", 3)
+    empty_rows, empty_count = await read_top_page(redis_client, names, board, "all", 0)
+
+    assert [(s.rank, s.user_id) for s in unhidden_rows] == [(1, "a"), (2, "b"), (3, "c")]
+    assert unhidden_count == 4
+    assert [(s.rank, s.user_id) for s in hidden_rows] == [(1, "b"), (2, "c"), (3, "d")]
+    assert hidden_count == 3
+    assert empty_rows == []
+    assert empty_count == 3

@@ -21,7 +21,7 @@ from services.ingest.state import STATE_KEY, IngestState
 from shared import archive
 from shared.boards import Board, Scope, board_document, ranking_id
 from shared.periods import PeriodStatus, current_period, format_instant, period_bounds, period_status, resets_at, resolve_period
-from shared.standings import count_participants, read_ranks, read_top, read_user
+from shared.standings import count_participants, read_ranks, read_top_page, read_user
 
 MAX_LIMIT = 1000
 MAX_AROUND = 50
@@ -182,9 +182,9 @@ async def get_top(request: web.Request) -> web.Response:
     archived = await _archived(state, board, group, period)
     if archived:
         entries = await archive.archived_top(state.pool, board, group, period, limit, offset)
+        participants = await _participants(state, board, group, period, archived)
     else:
-        entries = await read_top(state.redis, state.names, board, period, limit, offset, group=group)
-    participants = await _participants(state, board, group, period, archived)
+        entries, participants = await read_top_page(state.redis, state.names, board, period, limit, offset, group=group)
     next_offset = offset + len(entries)
     next_cursor = encode_cursor(period, next_offset) if len(entries) == limit and next_offset < participants else None
     return _json({**_period_fields(board, group, period, state), "participants": participants, "entries": entries, "next_cursor": next_cursor})
