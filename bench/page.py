@@ -322,6 +322,9 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "whose code runs inside the harness. For single-event ingest it samples a second, shorter run instead, "
         "because py-spy's own CPU would lower the figure. The harness also counts the CPU seconds each service "
         "used, PostgreSQL's processes included.",
+        "- Runs differ: on a shared virtual machine the same code can run markedly slower in one run than in the "
+        "next. The CPU per event under the end-to-end figure tells a slower machine (every process costs more) "
+        "from a slower part of the product.",
         "",
         "## Missed targets",
         "",
