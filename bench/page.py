@@ -21,9 +21,9 @@ NEXT_STEPS = {
     "single": (
         "Ingest already sends the Redis calls of concurrent requests as shared pipelines (shared/command_batcher.py), "
         "so what a request costs is mostly aiohttp's HTTP handling, validation and the event loop (see the profile). "
-        "When the ingest process uses close to one core (see the CPU line), that Python work is the bound: run "
-        "several ingest processes per host behind a load balancer, and send batches from clients that can (the "
-        "batch row reaches far more events per second per process). When it uses much less, it waits for the "
+        "When the ingest process uses close to one core (see the CPU line), that Python work is the bound. Then run "
+        "several ingest processes per host behind a load balancer, and send batches from clients that can: the "
+        "batch row reaches far more events per second per process. When it uses much less, it waits for the "
         "fsync that WAITAOF confirms (compare the relaxed-durability row) or for cores shared with other processes "
         "(see the load average above)."
     ),
@@ -104,8 +104,8 @@ def _cpu_per_event(run: dict) -> list[str]:
     if commands:
         spent_in = ", ".join(f"{cost['command']} {cost['us_per_event']:.1f} ({cost['calls_per_event']:g} calls)" for cost in commands)
         lines.append(
-            f"  - Valkey's time in commands per accepted event, in microseconds (INFO commandstats; EVALSHA is the "
-            f"ingest and apply scripts and includes the commands they call, which have rows of their own): {spent_in}."
+            f"  - Valkey's time in commands per accepted event, in microseconds, from INFO commandstats. EVALSHA is the "
+            f"ingest and apply scripts, and it includes the commands they call, which have rows of their own: {spent_in}."
         )
     return lines
 

@@ -163,7 +163,7 @@ class CommandBatcher:
 
 
 async def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """Write every command at once, then read one reply per command; an error reply takes its place in the list."""
+    """Write every command at once, then read one reply per command. An error reply takes its place in the list."""
     await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
     replies: list[Any] = []
     try:

@@ -217,7 +217,7 @@ async def read_top_page(
     """Return what :func:`read_top` returns and the number of visible athletes, as one page of a board needs both."""
     view = _view(client, names, board, period, group)
     # Usually no athlete is hidden, so the hidden set, the rows and the count
-    # come in one round trip; when one is, the rows are read again around them.
+    # come in one round trip. When one is, the rows are read again around them.
     async with client.pipeline(transaction=False) as pipe:
         pipe.smembers(names.hidden_users)
         pipe.zcard(view.key)

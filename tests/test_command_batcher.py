@@ -59,7 +59,7 @@ async def test_calls_during_flight_form_next_pipeline(settings: Settings, redis_
 
 
 async def test_error_reply_stays_with_its_call(settings: Settings, redis_client) -> None:
-    """A script error is the reply of its own call only; the calls around it run."""
+    """A script error is the reply of its own call only, and the calls around it run."""
     batcher = CommandBatcher(redis_client)
     script = redis_client.register_script(PUSH)
     key = f"{settings.namespace}:batched"
@@ -74,7 +74,7 @@ async def test_error_reply_stays_with_its_call(settings: Settings, redis_client)
 
 
 async def test_flushed_script_cache_runs_each_call_once(settings: Settings, redis_client) -> None:
-    """After SCRIPT FLUSH the batcher loads the script and sends the calls again; each runs exactly once."""
+    """After SCRIPT FLUSH the batcher loads the script and sends the calls again, and each runs exactly once."""
     batcher = CommandBatcher(redis_client)
     script = redis_client.register_script(PUSH)
     key = f"{settings.namespace}:batched"
@@ -163,7 +163,7 @@ class ReplyDroppingProxy:
             upstream_writer.close()
 
 
-async def test_pipeline_with_lost_reply_is_not_sent_again(settings: Settings, redis_client) -> None:
+async def test_lost_reply_pipeline_not_resent(settings: Settings, redis_client) -> None:
     """A pipeline whose replies were lost may have run, so every call raises instead of being sent again."""
     address = redis_client.connection_pool.connection_kwargs
     proxy = ReplyDroppingProxy(address["host"], address["port"])
@@ -193,8 +193,8 @@ return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
 
-async def test_second_pipeline_goes_out_while_first_in_flight(settings: Settings, redis_client) -> None:
-    """With two in flight, a call made during the first pipeline goes out at once; later calls share a third."""
+async def test_second_pipeline_sent_during_first(settings: Settings, redis_client) -> None:
+    """With two in flight, a call made during the first pipeline goes out at once. Later calls share a third."""
     batcher = CommandBatcher(redis_client, max_in_flight=2)
     script = redis_client.register_script(SLOW_PUSH)
     await redis_client.script_load(SLOW_PUSH)  # so no call takes the reload path, which sends it again
@@ -223,8 +223,8 @@ def test_in_flight_below_one_rejected(redis_client) -> None:
         CommandBatcher(redis_client, max_in_flight=0)
 
 
-async def test_slow_replies_time_out_and_drop_connection(settings: Settings, redis_client) -> None:
-    """Replies later than the socket timeout raise a Redis timeout; the next call gets a fresh connection."""
+async def test_slow_replies_drop_connection(settings: Settings, redis_client) -> None:
+    """Replies later than the socket timeout raise a Redis timeout, and the next call gets a fresh connection."""
     client = redis.Redis(host="127.0.0.1", port=redis_client.connection_pool.connection_kwargs["port"], socket_timeout=0.05)
     batcher = CommandBatcher(client)
     script = client.register_script(SLOW_PUSH)

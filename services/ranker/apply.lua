@@ -143,11 +143,11 @@ end
 -- record their ids before any score changes, in a few calls for the whole batch.
 local recorded = zmscore_all(applied, ids)
 local fresh = {}
-local taken = {}
+local seen_in_batch = {}
 local new_ids = {}
 for i = 1, #ids do
-  if not recorded[i] and not taken[ids[i]] then
-    taken[ids[i]] = true
+  if not recorded[i] and not seen_in_batch[ids[i]] then
+    seen_in_batch[ids[i]] = true
     fresh[#fresh + 1] = i
     new_ids[#new_ids + 1] = now_ms
     new_ids[#new_ids + 1] = ids[i]

@@ -24,6 +24,9 @@ CHUNK_MEMBERS = 5000
 def queue_writes(pipe: redis.client.Pipeline, names: Names, writes: ReplayWrites, now_ms: int) -> None:
     """Queue every write of ``writes``; ``now_ms`` is the apply time recorded with each event id."""
     if writes.display_names:
+        # NOTE: names go straight into the live hash, so a name the live ranker
+        # stored while the rebuild ran can be replaced by an older one until
+        # the athlete's next event with a name.
         _queue_pairs(pipe, "HSET", names.display_names, writes.display_names.keys(), writes.display_names.values(), value_first=False)
     for period_writes in writes.periods:
         _queue_period(pipe, names, period_writes, now_ms)
