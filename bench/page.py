@@ -30,11 +30,13 @@ NEXT_STEPS = {
     "e2e": (
         "The CPU line shows what each accepted event costs in every process and the rate the machine's cores allow "
         "at that cost: on two cores the whole pipeline, its two servers and the load generator share them. Valkey "
-        "is the largest part. Per event it runs the ingest script (de-duplication key and XADD), the reads and "
-        "acknowledgements of both consumer groups, and the apply script (applied id, score, rank count): the "
-        "commandstats line shows each. On a bigger machine give ingest, the consumer groups and PostgreSQL their "
-        "own cores and scale each group on its own. Valkey runs commands on one thread, so its time per event "
-        "bounds what one instance takes."
+        "is the largest part, and it runs commands on one thread. The limit column is what that thread does with "
+        "nothing but the commands of one event, pipelined from valkey-cli: the ingest script's (de-duplication "
+        "key, XADD), the two consumer groups' (group read, acknowledgement) and the apply script's (applied id, two rank counts and ZINCRBY on a board of a million "
+        "athletes, where each touches memory far outside the CPU caches). When that limit is below the target, "
+        "no client code reaches it with one Valkey and a ranked board this size. The next steps are then to give "
+        "the servers and the services their own cores, and to spread boards over several Valkey instances, each "
+        "with its own stream, rankers and persisters."
     ),
     "push": (
         "The gateway sends each subscription at most RANKSTREAM_WS_MAX_UPDATES_PER_S updates per second (50 by "
@@ -110,6 +112,24 @@ def _cpu_per_event(run: dict) -> list[str]:
     return lines
 
 
+def budget_lines(results: dict, target_per_s: float, cores: int) -> list[str]:
+    """Compare the CPU time per event that the cores give at the target with what the raw limits alone take."""
+    valkey = ((results.get("limits") or {}).get("valkey") or {}).get("ingest_consumers_and_ranker") or {}
+    copy = (results.get("limits") or {}).get("postgres_copy") or {}
+    if not valkey.get("events_per_s") or not copy.get("rows_per_s"):
+        return []
+    budget_us = cores * 1e6 / target_per_s
+    valkey_us = 1e6 / valkey["events_per_s"]
+    copy_us = 1e6 / copy["rows_per_s"]
+    left_us = budget_us - valkey_us - copy_us
+    return [
+        f"  - At {target_per_s:,.0f} events/s, {cores} cores give each event {budget_us:.1f} µs of CPU in all. The raw "
+        f"limits alone take {valkey_us:.1f} µs in Valkey (its commands for one event, pipelined, without Lua) and "
+        f"{copy_us:.1f} µs in PostgreSQL (COPY of one row), which leaves {left_us:.1f} µs for HTTP, validation, both "
+        "consumers and the load generator. The CPU line above shows what they take."
+    ]
+
+
 def _missed(results: dict, rows: list[Row]) -> list[str]:
     """Describe each missed target: by how much, what the profile shows and the next step."""
     out = []
@@ -149,6 +169,7 @@ def _missed(results: dict, rows: list[Row]) -> list[str]:
             out += ["  " + line for line in profile_lines]
         if key == "e2e":
             out += ["  " + line for line in _cpu_per_event(results.get("end_to_end") or {})]
+            out += ["  " + line for line in budget_lines(results, target_value, os.cpu_count() or 1)]
         if key == "rebuild":
             profile_lines = _profile_lines({"rebuild (in the harness)": (results.get("rebuild") or {}).get("profile", {"error": "not recorded"})}, None)
             out.append("  What bounds it (py-spy at 100 Hz, the first seconds of the rebuild):")
@@ -238,6 +259,9 @@ def _limit_details(results: dict) -> list[str]:
     out = ["### Raw limits", ""]
     for name, item in ((results.get("limits") or {}).get("valkey") or {}).items():
         rate = item.get("events_per_s") or item.get("reads_per_s")
+        if "commands" not in item:
+            out.append(f"- Valkey, {name.replace('_', ' ')} for each event, one after the other on its one thread: {_fmt(rate)} events per second.")
+            continue
         out.append(
             f"- Valkey, {name.replace('_', ' ')}: {_fmt(item['commands'])} commands in {_fmt(item['seconds'])} s "
             f"with `valkey-cli --pipe` = {_fmt(rate)} per second, {item['errors']} errors."
@@ -316,8 +340,10 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "event is timed from its POST to the first push that shows the probe's new score.",
         "- Consumers alone: the stream is filled aside and renamed over the live key, so 1, 2 or 4 waiting consumers start "
         "on the whole backlog at once; the time runs until the group has acknowledged every entry.",
-        "- Limits: `valkey-cli --pipe` sends the commands the ingest script, the apply script and the read path issue, "
-        "pipelined, to the same Valkey; COPY loads the same events table the persister writes.",
+        "- Limits: `valkey-cli --pipe` sends the commands the ingest script, the consumer groups, the apply script, the "
+        "rebuild and the read path issue, pipelined, to the same Valkey. The apply script's commands run on a copy of the board, for "
+        "random athletes, because a sorted-set command costs more the larger the set and the more scattered the "
+        "members it touches. COPY loads the same events table the persister writes.",
         "- Profiles: py-spy samples the service processes during the phases, and the harness itself during the rebuild, "
         "whose code runs inside the harness. For single-event ingest it samples a second, shorter run instead, "
         "because py-spy's own CPU would lower the figure. The harness also counts the CPU seconds each service "

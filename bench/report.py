@@ -57,8 +57,10 @@ def summary_rows(results: dict) -> list[Row]:
     """Build the table rows from the results document; absent figures show as '-'."""
     raw_ingest = _get(results, "limits", "valkey", "ingest", "events_per_s")
     raw_ranker = _get(results, "limits", "valkey", "ranker", "events_per_s")
+    raw_every = _get(results, "limits", "valkey", "ingest_consumers_and_ranker", "events_per_s")
+    raw_rebuild = _get(results, "limits", "valkey", "rebuild", "events_per_s")
     copy_rate = _get(results, "limits", "postgres_copy", "rows_per_s")
-    e2e_limit = min((value for value in (raw_ingest, raw_ranker, copy_rate) if value), default=None)
+    e2e_limit = min((value for value in (raw_every, copy_rate) if value), default=None)
     single = _get(results, "ingest_single", "requests_per_s")
     relaxed = _get(results, "ingest_single_relaxed", "requests_per_s")
     shared = _get(results, "ingest_single_shared", "requests_per_s")
@@ -69,7 +71,7 @@ def summary_rows(results: dict) -> list[Row]:
         Row("HTTP ingest, one event per POST, RANKSTREAM_DURABILITY=relaxed (requests/s, consumers paused)", relaxed, "req/s", "-", raw_ingest, "raw Valkey ingest commands, pipelined", None),
         Row("HTTP ingest, one event per POST, ranker and persister running on the same cores (requests/s)", shared, "req/s", "-", raw_ingest, "raw Valkey ingest commands, pipelined", None),
         Row("HTTP ingest, batches of 100 (events/s, one ingest process)", batches, "events/s", "-", raw_ingest, "raw Valkey ingest commands, pipelined", None),
-        Row("End to end: accepted, ranked and persisted (events/s)", e2e, "events/s", ">= 50,000", e2e_limit, "slowest of raw Valkey ingest, raw Valkey ranker, PostgreSQL COPY", _at_least(e2e, 50000)),
+        Row("End to end: accepted, ranked and persisted (events/s)", e2e, "events/s", ">= 50,000", e2e_limit, "raw Valkey commands of ingest, both consumer groups and the ranker on its one thread, or PostgreSQL COPY if slower", _at_least(e2e, 50000)),
     ]
     for run in results.get("push_latency", []):
         rate = run["rate_per_s"]
@@ -94,8 +96,8 @@ def summary_rows(results: dict) -> list[Row]:
         rows.append(Row(f"Read {label}, p99 over HTTP (p50 {_ms(read.get('p50_ms'))})", read.get("p99_ms"), "ms", "< 5 ms", None, "-", _below(read.get("p99_ms"), 5), False))
         rows.append(Row(f"Read {label}, throughput over HTTP", read.get("requests_per_s"), "req/s", "-", raw, "raw Valkey read commands, pipelined", None))
     rebuild = results.get("rebuild") or {}
-    rebuild_limit_s = round(rebuild["events"] / raw_ranker, 2) if rebuild.get("events") and raw_ranker else None
-    rows.append(Row(f"Rebuild of {rebuild.get('events', 0):,} events from PostgreSQL (s)", rebuild.get("seconds"), "s", "< 30 s", rebuild_limit_s, "the same events through raw Valkey ranker commands", _below(rebuild.get("seconds"), 30), False))
+    rebuild_limit_s = round(rebuild["events"] / raw_rebuild, 2) if rebuild.get("events") and raw_rebuild else None
+    rows.append(Row(f"Rebuild of {rebuild.get('events', 0):,} events from PostgreSQL (s)", rebuild.get("seconds"), "s", "< 30 s", rebuild_limit_s, "the same events' writes as raw bulk ZADD", _below(rebuild.get("seconds"), 30), False))
     naive = results.get("naive_postgres") or {}
     for name, label in (("count_better", "count(*) of better scores"), ("rank_window", "RANK() over the board"), ("top_100", "top-100 with RANK()")):
         query = naive.get(name) or {}

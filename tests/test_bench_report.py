@@ -5,6 +5,7 @@ from __future__ import annotations
 from bench.common import percentiles_ms
 from bench.ingest_phases import command_costs
 from bench.limits import resp
+from bench.page import budget_lines
 from bench.profile import summarize
 from bench.report import foreign_sections, summary_rows
 
@@ -57,7 +58,15 @@ def test_profile_summary_shares() -> None:
 def test_summary_rows_verdicts() -> None:
     """Targets are judged in the right direction and limits come from the same results."""
     results = {
-        "limits": {"valkey": {"ingest": {"events_per_s": 100_000.0}, "ranker": {"events_per_s": 80_000.0}}, "postgres_copy": {"rows_per_s": 90_000.0}},
+        "limits": {
+            "valkey": {
+                "ingest": {"events_per_s": 100_000.0},
+                "ranker": {"events_per_s": 80_000.0},
+                "ingest_consumers_and_ranker": {"events_per_s": 44_444.4},
+                "rebuild": {"events_per_s": 200_000.0},
+            },
+            "postgres_copy": {"rows_per_s": 90_000.0},
+        },
         "ingest_single": {"requests_per_s": 9_000.0},
         "end_to_end": {"ingest_events_per_s": 60_000.0, "end_to_end_events_per_s": 40_000.0},
         "push_latency": [{"rate_per_s": 2000, "p50_ms": 10.0, "p95_ms": 20.0, "p99_ms": 60.0}],
@@ -67,10 +76,10 @@ def test_summary_rows_verdicts() -> None:
     assert rows["HTTP ingest, one event per POST"].met is True
     assert rows["HTTP ingest, one event per POST"].share_of_limit() == "9%"
     assert rows["End to end: accepted, ranked and persisted"].met is False
-    assert rows["End to end: accepted, ranked and persisted"].limit == 80_000.0
+    assert rows["End to end: accepted, ranked and persisted"].limit == 44_444.4
     assert rows["POST-to-push p99 at 2,000 events/s"].met is False
     assert rows["Rebuild of 1,000,000 events from PostgreSQL"].met is True
-    assert rows["Rebuild of 1,000,000 events from PostgreSQL"].limit == 12.5
+    assert rows["Rebuild of 1,000,000 events from PostgreSQL"].limit == 5.0
     assert rows["WebSocket clients on one gateway process"].met is None
 
 
@@ -78,3 +87,14 @@ def test_foreign_sections_kept() -> None:
     """Sections another script wrote survive a rewrite; the report's own sections do not."""
     page = "# Benchmarks\n\n## Summary\nold table\n\n## WebSocket fan-out\n10,000 clients\n\n## Reproduce\nmake bench\n"
     assert foreign_sections(page, {"Summary", "Reproduce"}) == ["## WebSocket fan-out\n10,000 clients\n"]
+
+
+def test_budget_subtracts_raw_limits() -> None:
+    """The end-to-end budget subtracts the raw Valkey and COPY time per event from what the cores give."""
+    results = {"limits": {"valkey": {"ingest_consumers_and_ranker": {"events_per_s": 40_000.0}}, "postgres_copy": {"rows_per_s": 125_000.0}}}
+    [line] = budget_lines(results, 50_000, 2)
+    assert line.startswith("  - At 50,000 events/s, 2 cores give each event 40.0 µs of CPU in all.")
+    assert "take 25.0 µs in Valkey" in line
+    assert "8.0 µs in PostgreSQL" in line
+    assert "which leaves 7.0 µs for HTTP" in line
+    assert budget_lines({"limits": {}}, 50_000, 2) == []
