@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from services.ingest.appender import Appender
 from shared.names import Names
@@ -193,3 +194,20 @@ async def test_repeated_id_in_one_request(settings: Settings, redis_client) -> N
     assert [result["status"] for result in results] == ["accepted", "duplicate", "conflict"]
     assert retry_results == [{"event_id": "ok-1", "status": "duplicate"}]
     assert await redis_client.xlen(f"{settings.namespace}:{{events}}:stream") == 1
+
+
+async def test_info_log_only_with_rejections(settings: Settings, redis_client) -> None:
+    """A request with a rejected event is logged at info with its counts, a fully accepted one at debug."""
+    key = await new_key(settings)
+    async with ingest_client(settings) as http:
+        with capture_logs() as logs:
+            mixed = await http.post("/v1/events", json=[bad_event({"value": "NaN"}), VALID], headers={"Authorization": f"Bearer {key}"})
+            clean = await http.post("/v1/events", json=[{**VALID, "event_id": "ok-2"}], headers={"Authorization": f"Bearer {key}"})
+    assert mixed.status == 202
+    assert clean.status == 202
+    posted = [entry for entry in logs if entry["event"].startswith("events posted")]
+    assert [(entry["event"], entry["log_level"]) for entry in posted] == [
+        ("events posted, some not accepted", "info"),
+        ("events posted", "debug"),
+    ]
+    assert {name: posted[0][name] for name in ("accepted", "duplicate", "rejected", "conflict")} == {"accepted": 1, "duplicate": 0, "rejected": 1, "conflict": 0}

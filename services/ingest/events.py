@@ -94,6 +94,12 @@ async def post_events(request: web.Request) -> web.Response:
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}
     for result in results:
         counts[result.status] += 1
-    log.info("events posted", key_id=key.id, **counts)
+    # A line per request at info took about a fifth of a single-event request's
+    # CPU. The metrics count every outcome, so info is kept for requests with
+    # rejected or conflicting events, which point to a faulty device.
+    if counts["rejected"] or counts["conflict"]:
+        log.info("events posted, some not accepted", key_id=key.id, **counts)
+    else:
+        log.debug("events posted", key_id=key.id, **counts)
     status = 202 if counts["accepted"] else 200
     return web.Response(status=status, body=msgspec.json.encode({"results": results}), content_type="application/json")
