@@ -108,6 +108,43 @@ async def test_gap_after_pubsub_reconnect_sends_fresh_snapshot(settings: Setting
         assert changes_by_user([update]) == [("u2", 50, 2, None)]
 
 
+async def test_unpublished_update_found_by_counter_check(settings: Settings, redis_client) -> None:
+    """An update counted but never published, with no later one, is found by the periodic counter check."""
+    key = await new_key(settings)
+    names = Names(settings.namespace)
+    async with ingest_client(settings) as http, ranker(settings), gateway(settings, loss_check_interval_s=0.2) as url, WsClient.connect(url) as client:
+        snapshot = await client.subscribe("top", top=3)
+        period = snapshot["period"]
+        await post(http, key, event("e1", "u1", 10))
+        await client.recv_until(lambda m: m["seq"] == 1)
+
+        # Change the board the way the ranker does and count the update, but
+        # publish nothing, as a ranker that died before its publish would.
+        await redis_client.zadd(names.board_scores(BOARD, period), {"u9": 99})
+        await redis_client.incr(names.board_seq(BOARD, period))
+
+        fresh = (await client.recv_until(lambda m: m["type"] == "snapshot"))[-1]
+        assert fresh["id"] == "top"
+        assert fresh["resumed"] is False
+        assert fresh["seq"] == 2
+        assert fresh["changes"] == []
+        assert [(e["user_id"], e["rank"], e["score"]) for e in fresh["entries"]] == [("u9", 1, 99), ("u1", 2, 10)]
+        stats = await gateway_stats(settings.ws_port)
+        assert (stats["losses_detected"], stats["gaps_detected"], stats["pubsub_reconnects"]) == (1, 1, 0)
+
+        # Updates published on time are never taken for lost ones, however many checks run.
+        await post(http, key, event("e2", "u2", 50))
+        update = (await client.recv_until(lambda m: m["seq"] == 3))[-1]
+        assert update["type"] == "update"
+        checks = (await gateway_stats(settings.ws_port))["loss_checks"]
+
+        async def two_more_checks() -> bool:
+            return (await gateway_stats(settings.ws_port))["loss_checks"] >= checks + 2
+
+        await wait_for(two_more_checks, what="two more loss checks")
+        assert (await gateway_stats(settings.ws_port))["losses_detected"] == 1
+
+
 async def test_gap_in_published_seq_sends_fresh_snapshot(settings: Settings, redis_client) -> None:
     """A published update that skips a number makes every subscriber re-snapshot."""
     names = Names(settings.namespace)

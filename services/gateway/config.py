@@ -64,6 +64,7 @@ class GatewayConfig:
     slow_close_after_s: float = 10.0
     history_max_changes: int = 5000
     history_max_board_periods: int = 10_000
+    loss_check_interval_s: float = 5.0
     jwt_secret: str | None = None
     allowed_origins: frozenset[str] = frozenset()
     reuse_port: bool = False
@@ -97,6 +98,7 @@ class GatewayConfig:
             slow_close_after_s=_read_number(env, "RANKSTREAM_WS_SLOW_CLOSE_AFTER_S", 10.0, 0.05, 3600.0),
             history_max_changes=_read_int(env, "RANKSTREAM_WS_HISTORY_MAX_CHANGES", 5000, 0, 10_000_000),
             history_max_board_periods=_read_int(env, "RANKSTREAM_WS_HISTORY_MAX_BOARD_PERIODS", 10_000, 1, 10_000_000),
+            loss_check_interval_s=_read_number(env, "RANKSTREAM_WS_LOSS_CHECK_INTERVAL_S", 5.0, 0.05, 3600.0),
             jwt_secret=secret,
             allowed_origins=origins,
             reuse_port=_read_flag(env, "RANKSTREAM_WS_REUSE_PORT", False),

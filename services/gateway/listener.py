@@ -60,14 +60,21 @@ class Listener:
         names: Names,
         history: History,
         on_change: Callable[[BoardPeriod, bool], None],
+        *,
+        loss_check_interval_s: float = 5.0,
     ) -> None:
         self.pubsub_client = pubsub_client
         self.client = client
         self.names = names
         self.history = history
         self.on_change = on_change
+        self.loss_check_interval_s = loss_check_interval_s
         self.subscribed = asyncio.Event()
         self.reconnects = 0
+        self.loss_checks = 0
+        self.losses_detected = 0
+        # Each known board period's counter as the previous loss check read it.
+        self._counters_seen: dict[BoardPeriod, int] = {}
 
     async def run(self) -> None:
         """Follow the rank-changes channel until cancelled, reconnecting after connection errors."""
@@ -82,10 +89,15 @@ class Listener:
                     log.info("pubsub resubscribed", channel=self.names.rank_changes_channel, reconnects=self.reconnects)
                 self.subscribed.set()
                 backoff_s = 0.1
+                loop = asyncio.get_running_loop()
+                next_check = loop.time() + self.loss_check_interval_s
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await pubsub.get_message(timeout=min(1.0, self.loss_check_interval_s))
                     if message is not None:
                         self._receive(message["data"])
+                    if loop.time() >= next_check:
+                        await self._check_losses()
+                        next_check = loop.time() + self.loss_check_interval_s
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 log.warning("pubsub connection lost, retrying", error=str(error), backoff_s=backoff_s)
                 await asyncio.sleep(backoff_s)
@@ -114,14 +126,40 @@ class Listener:
         Messages published while the subscription was down are lost for good; a
         counter ahead of the history means some were, so those views re-snapshot.
         """
+        for board_period, seq in (await self._read_counters()).items():
+            if self.history.observe(board_period, seq):
+                log.warning("rank-change gap detected after reconnect", board=board_period[0], period=board_period[1], seq=seq)
+                self.on_change(board_period, False)
+
+    async def _check_losses(self) -> None:
+        """Re-snapshot the board periods whose counter, read one check ago, is still ahead of the updates received.
+
+        A ranker that dies after applying a batch but before publishing it has
+        counted an update that is never published. Without this check the views of
+        that board period would stay stale until its next update. A counter
+        ahead of the history right now is not enough, because its update may
+        still be on the way. One interval later it has arrived, or it was lost.
+        """
+        seen_before = self._counters_seen
+        self._counters_seen = await self._read_counters()
+        self.loss_checks += 1
+        for board_period, seq in self._counters_seen.items():
+            history = self.history.get(board_period)
+            earlier = seen_before.get(board_period)
+            if history is not None and earlier is not None and history.last_seq < earlier:
+                last_received = history.last_seq
+                if self.history.observe(board_period, seq):
+                    self.losses_detected += 1
+                    log.warning("rank-change update lost, views re-read", board=board_period[0], period=board_period[1], last_received=last_received, seq=seq)
+                    self.on_change(board_period, False)
+
+    async def _read_counters(self) -> dict[BoardPeriod, int]:
+        """Return the update counter in Redis of every board period in the history."""
         board_periods = list(self.history.boards)
         if not board_periods:
-            return
+            return {}
         async with self.client.pipeline(transaction=False) as pipe:
             for board, period in board_periods:
                 pipe.get(self.names.board_seq(board, period))
             counters = await pipe.execute()
-        for board_period, counter in zip(board_periods, counters, strict=True):
-            if self.history.observe(board_period, int(counter or 0)):
-                log.warning("rank-change gap detected after reconnect", board=board_period[0], period=board_period[1], seq=int(counter or 0))
-                self.on_change(board_period, False)
+        return {board_period: int(counter or 0) for board_period, counter in zip(board_periods, counters, strict=True)}

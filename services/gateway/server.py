@@ -75,7 +75,7 @@ class Gateway:
         self.history = History(max_changes=config.history_max_changes, max_board_periods=config.history_max_board_periods)
         self.stats = Stats()
         self.pusher = Pusher(self.hub, self.history, Renderer(client, names), self._board, config, self.stats)
-        self.listener = Listener(pubsub_client, client, names, self.history, self.pusher.mark)
+        self.listener = Listener(pubsub_client, client, names, self.history, self.pusher.mark, loss_check_interval_s=config.loss_check_interval_s)
         self.subscribed = self.listener.subscribed
         self.probes = gateway_probes(client, names, self.subscribed)
         self.clients: set[Client] = set()
@@ -130,6 +130,8 @@ class Gateway:
             "buffered_bytes": sum(client.buffered_bytes() for client in self.clients),
             "gaps_detected": self.history.gaps_detected,
             "pubsub_reconnects": self.listener.reconnects,
+            "loss_checks": self.listener.loss_checks,
+            "losses_detected": self.listener.losses_detected,
         }
 
     # -- one connection -------------------------------------------------------
