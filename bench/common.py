@@ -68,3 +68,16 @@ async def wait_drained(client: redis.Redis, stream: str, groups: tuple[str, ...]
             return time.perf_counter()
         await asyncio.sleep(0.05)
     return None
+
+
+def median_run(runs: list[dict], key: str) -> dict | None:
+    """Return the run whose ``key`` is the median (the lower middle one of an even count), with every run's value under ``runs``.
+
+    Runs whose ``key`` is missing or None, such as a phase that did not drain, count as the lowest.
+    """
+    if not runs:
+        return None
+    ordered = sorted(runs, key=lambda run: -1.0 if run.get(key) is None else run[key])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs"] = [run.get(key) for run in runs]
+    return chosen

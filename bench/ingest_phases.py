@@ -83,12 +83,15 @@ async def push_latency_paced(cluster: Cluster, *, updates_per_s: int, rate_per_s
     return result
 
 
-async def batches_end_to_end(cluster: Cluster, *, batch_size: int, concurrency: int, duration_s: float, athletes: int, drain_timeout_s: float) -> dict:
+async def batches_end_to_end(
+    cluster: Cluster, *, batch_size: int, concurrency: int, duration_s: float, athletes: int, drain_timeout_s: float, tag: str = "b"
+) -> dict:
     """POST batches as fast as ingest takes them, then wait until ranker and persister finished every entry.
 
     Ingest events/s counts the posting window; end-to-end events/s divides the
     same events by the time until both groups had acknowledged the last one.
     Backlog (lag plus pending) is sampled each second to show whether it grew.
+    Event ids start with ``tag``, so each run of the phase posts new events.
     """
     clock = Clock()
     stream = Names("rs").events_stream
@@ -98,7 +101,7 @@ async def batches_end_to_end(cluster: Cluster, *, batch_size: int, concurrency: 
     def make(number: int) -> bytes:
         now = clock.now_text()
         base = number * batch_size
-        items = ",".join(event_json(f"b-{base + i}", f"u{(base + i) % athletes}", 1 + (base + i) % 50, now) for i in range(batch_size))
+        items = ",".join(event_json(f"{tag}-{base + i}", f"u{(base + i) % athletes}", 1 + (base + i) % 50, now) for i in range(batch_size))
         return _post(cluster, f"[{items}]".encode())
 
     async def sample_backlog(started: float) -> None:

@@ -112,8 +112,12 @@ def _cpu_per_event(run: dict) -> list[str]:
     return lines
 
 
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times each"
+
+
 def budget_lines(results: dict, target_per_s: float, cores: int) -> list[str]:
-    """Compare the CPU time per event that the cores give at the target with what the raw limits alone take."""
+    """Return a line comparing the CPU time per event that the cores give at the target with what the raw limits alone take."""
     valkey = ((results.get("limits") or {}).get("valkey") or {}).get("ingest_consumers_and_ranker") or {}
     copy = (results.get("limits") or {}).get("postgres_copy") or {}
     if not valkey.get("events_per_s") or not copy.get("rows_per_s"):
@@ -334,6 +338,8 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "- End to end: closed loop, batches of 100, everything running. It divides the accepted events by the "
         "time from the first POST until both consumer groups had acknowledged the last entry: the rate the whole "
         "pipeline sustains. The backlog samples under Details show how far ingest ran ahead of the consumers.",
+        f"- Ingest alone and end to end run {_times(sizes.get('repeats', 1))}. The figure, its CPU line and its "
+        "details come from the median run, and the label lists every run.",
         "- `rankstream up` runs one process of each service, so every figure except \"consumers alone\" is for one "
         "ingest, one ranker, one persister and one gateway.",
         "- POST-to-push: a fixed schedule of POSTs (open loop) and a WebSocket subscribed to a probe athlete; each probe "
@@ -345,9 +351,9 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "random athletes, because a sorted-set command costs more the larger the set and the more scattered the "
         "members it touches. COPY loads the same events table the persister writes.",
         "- Profiles: py-spy samples the service processes during the phases, and the harness itself during the rebuild, "
-        "whose code runs inside the harness. For single-event ingest it samples a second, shorter run instead, "
-        "because py-spy's own CPU would lower the figure. The harness also counts the CPU seconds each service "
-        "used, PostgreSQL's processes included.",
+        "whose code runs inside the harness. For single-event ingest and end to end it samples one more, shorter "
+        "run instead, because py-spy's own CPU would lower the figure. The harness also counts the CPU seconds each "
+        "service used, with PostgreSQL's processes and Valkey's append-only file rewrites included.",
         "- Runs differ: on a shared virtual machine the same code can run markedly slower in one run than in the "
         "next. The CPU per event under the end-to-end figure tells a slower machine (every process costs more) "
         "from a slower part of the product.",

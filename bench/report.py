@@ -53,6 +53,14 @@ def _below(value: float | None, target: float) -> bool | None:
     return None if value is None else value < target
 
 
+def runs_note(section: dict | None) -> str:
+    """Return ", median of N runs: a, b, c" for a figure measured several times, else an empty string."""
+    runs = (section or {}).get("runs") or []
+    if len(runs) < 2:
+        return ""
+    return f", median of {len(runs)} runs: {', '.join('-' if value is None else f'{value:,.0f}' for value in runs)}"
+
+
 def summary_rows(results: dict) -> list[Row]:
     """Build the table rows from the results document; absent figures show as '-'."""
     raw_ingest = _get(results, "limits", "valkey", "ingest", "events_per_s")
@@ -67,11 +75,11 @@ def summary_rows(results: dict) -> list[Row]:
     batches = _get(results, "end_to_end", "ingest_events_per_s")
     e2e = _get(results, "end_to_end", "end_to_end_events_per_s")
     rows = [
-        Row("HTTP ingest, one event per POST (requests/s, one ingest process, consumers paused)", single, "req/s", ">= 8,000", raw_ingest, "raw Valkey ingest commands, pipelined", _at_least(single, 8000)),
+        Row(f"HTTP ingest, one event per POST (requests/s, one ingest process, consumers paused{runs_note(results.get('ingest_single'))})", single, "req/s", ">= 8,000", raw_ingest, "raw Valkey ingest commands, pipelined", _at_least(single, 8000)),
         Row("HTTP ingest, one event per POST, RANKSTREAM_DURABILITY=relaxed (requests/s, consumers paused)", relaxed, "req/s", "-", raw_ingest, "raw Valkey ingest commands, pipelined", None),
         Row("HTTP ingest, one event per POST, ranker and persister running on the same cores (requests/s)", shared, "req/s", "-", raw_ingest, "raw Valkey ingest commands, pipelined", None),
         Row("HTTP ingest, batches of 100 (events/s, one ingest process)", batches, "events/s", "-", raw_ingest, "raw Valkey ingest commands, pipelined", None),
-        Row("End to end: accepted, ranked and persisted (events/s)", e2e, "events/s", ">= 50,000", e2e_limit, "raw Valkey commands of ingest, both consumer groups and the ranker on its one thread, or PostgreSQL COPY if slower", _at_least(e2e, 50000)),
+        Row(f"End to end: accepted, ranked and persisted (events/s{runs_note(results.get('end_to_end'))})", e2e, "events/s", ">= 50,000", e2e_limit, "raw Valkey commands of ingest, both consumer groups and the ranker on its one thread, or PostgreSQL COPY if slower", _at_least(e2e, 50000)),
     ]
     for run in results.get("push_latency", []):
         rate = run["rate_per_s"]

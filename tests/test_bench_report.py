@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from bench.common import percentiles_ms
+from bench.common import median_run, percentiles_ms
 from bench.ingest_phases import command_costs
 from bench.limits import resp
 from bench.page import budget_lines
 from bench.profile import summarize
-from bench.report import foreign_sections, summary_rows
+from bench.report import foreign_sections, runs_note, summary_rows
 
 
 def test_percentiles_nearest_rank() -> None:
@@ -98,3 +98,19 @@ def test_budget_subtracts_raw_limits() -> None:
     assert "8.0 µs in PostgreSQL" in line
     assert "which leaves 7.0 µs for HTTP" in line
     assert budget_lines({"limits": {}}, 50_000, 2) == []
+
+
+def test_median_run_keeps_every_value() -> None:
+    """The median run is returned whole, with every run's figure, and a run without one counts as the lowest."""
+    runs = [{"rate": 9.0, "cpu": "a"}, {"rate": 5.0, "cpu": "b"}, {"rate": None, "cpu": "c"}, {"rate": 7.0, "cpu": "d"}]
+    assert median_run(runs[:3], "rate") == {"rate": 5.0, "cpu": "b", "runs": [9.0, 5.0, None]}
+    assert median_run(runs, "rate") == {"rate": 5.0, "cpu": "b", "runs": [9.0, 5.0, None, 7.0]}
+    assert median_run([runs[0]], "rate") == {"rate": 9.0, "cpu": "a", "runs": [9.0]}
+    assert median_run([], "rate") is None
+
+
+def test_runs_note_lists_repeated_runs() -> None:
+    """A figure of several runs names them in its label; a single run adds nothing."""
+    assert runs_note({"runs": [8123.4, 5672.0, None]}) == ", median of 3 runs: 8,123, 5,672, -"
+    assert runs_note({"runs": [8123.4]}) == ""
+    assert runs_note(None) == ""
