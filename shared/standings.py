@@ -269,13 +269,15 @@ async def _counts(view: _Ranking, score: float) -> tuple[int, int]:
 async def read_user(
     client: redis.Redis, names: Names, board: Board, period: str, user_id: str, around: int = 0, *, group: str | None = None
 ) -> UserStanding | None:
-    """Return one athlete's standing with ``around`` neighbours each side, or None if unranked or hidden."""
-    view = await _open(client, names, board, period, group)
-    # A hidden athlete with a score is in view.hidden, and one without a score gets None below anyway.
-    if user_id in view.hidden:
-        return None
+    """Return one athlete's standing with ``around`` neighbours each side, or None if unranked or hidden.
 
+    With shared ranks this takes three round trips when no athlete is hidden:
+    the athlete's score and place, then the rank counts and the neighbours'
+    rows, then the neighbours' names.
+    """
+    view = _view(client, names, board, period, group)
     async with client.pipeline(transaction=False) as pipe:
+        pipe.smembers(names.hidden_users)
         pipe.zscore(view.key, user_id)
         pipe.zcard(view.key)
         pipe.hget(names.display_names, user_id)
@@ -283,27 +285,46 @@ async def read_user(
             # With shared ranks the place needs no score, so it comes in the same round trip.
             pipe.zrevrank(view.key, user_id)
         replies = await pipe.execute()
-    score, total, display_name = replies[:3]
-    if score is None:
+    hidden_members, score, total, display_name = replies[:4]
+    if hidden_members:
+        await _find_hidden(view, hidden_members)
+    # A hidden athlete with a score is in view.hidden, and one without a score gets None anyway.
+    if score is None or user_id in view.hidden:
         return None
     participants = total - len(view.hidden)
-    placed = await _standing_of(view, user_id, score, participants, None if view.first else replies[3])
-    if placed is None:
-        return None
-    rank, visible_position, percentile = placed
-
-    neighbours: list[Standing] = []
-    if around > 0:
+    if view.first:
+        placed = await _standing_of(view, user_id, score, participants)
+        if placed is None:
+            return None
+        rank, visible_position, percentile = placed
+        neighbours = []
+        if around > 0:
+            start = max(0, visible_position - around)
+            neighbours = await _visible_range(view, start, visible_position - start + around + 1)
+    else:
+        position = replies[4]
+        if position is None:
+            return None
+        visible_position = position - view.hidden_before(position)
         start = max(0, visible_position - around)
-        neighbours = await _visible_range(view, start, visible_position - start + around + 1)
-        neighbours = [standing for standing in neighbours if standing.user_id != user_id]
+        limit = visible_position - start + around + 1
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zcount(view.key, f"({score!r}", "+inf")
+            pipe.zcount(view.key, repr(score), repr(score))
+            if around > 0:
+                raw_start = _raw_start(view, start)
+                view.queue_range(pipe, raw_start, raw_start + limit - 1 + len(view.hidden))
+            counted = await pipe.execute()
+        rank = counted[0] - view.hidden_above(score) + 1
+        percentile = percentile_rank(participants, rank, counted[1] - view.hidden_equal(score))
+        neighbours = await _standings_of_rows(view, start, limit, view.parse_range(counted[2])) if around > 0 else []
     return UserStanding(
         rank=rank,
         user_id=user_id,
         score=board.display_score(score),
         display_name=display_name.decode() if display_name is not None else None,
         participants=participants,
-        neighbours=neighbours,
+        neighbours=[standing for standing in neighbours if standing.user_id != user_id],
         percentile=percentile,
     )
 

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as redis
 
 from services.ranker.ranker import Ranker
-from shared.boards import Board, BoardRegistry, Operator, Order, Reset
+from shared.boards import Board, BoardRegistry, Operator, Order, Reset, Tie
 from shared.names import Names
 from shared.schema import StreamEvent
 from shared.settings import Settings
@@ -111,6 +111,25 @@ async def test_ties_share_rank(redis_client: redis.Redis, settings: Settings) ->
     assert (mine.rank, mine.score, mine.participants) == (2, 100, 6)
     # Within a tie, higher user ids come first, so c (position 1) sits between a and b.
     assert [(s.user_id, s.rank) for s in mine.neighbours] == [("a", 1), ("b", 2)]
+
+
+@pytest.mark.parametrize("tie", [Tie.SHARED, Tie.FIRST])
+async def test_neighbours_skip_hidden_athletes(redis_client: redis.Redis, settings: Settings, tie: Tie) -> None:
+    """A hidden athlete inside the window of neighbours is left out, and the ranks below it close up."""
+    board = Board(id=f"near-{tie.value}", metric="m", operator=Operator.SUM, tie=tie)
+    ranker = make_ranker(redis_client, settings, board)
+    values = {"a": 50, "b": 40, "c": 30, "d": 20, "e": 10}
+    await ranker.handle([entry(i, user, value) for i, (user, value) in enumerate(values.items())])
+    names = Names(settings.namespace)
+    await redis_client.sadd(names.hidden_users, "c")
+    mine = await read_user(redis_client, names, board, "all", "d", around=2)
+    assert mine is not None
+    assert (mine.rank, mine.score, mine.participants) == (3, 20, 4)
+    assert [(s.user_id, s.rank, s.score) for s in mine.neighbours] == [("a", 1, 50), ("b", 2, 40), ("e", 4, 10)]
+    assert await read_user(redis_client, names, board, "all", "c", around=2) is None
+    top = await read_user(redis_client, names, board, "all", "a", around=1)
+    assert top is not None
+    assert [(s.user_id, s.rank) for s in top.neighbours] == [("b", 2)]
 
 
 async def test_publishes_rank_changes(redis_client: redis.Redis, settings: Settings) -> None:
