@@ -8,9 +8,11 @@ from collections.abc import Callable
 import msgspec
 import redis.asyncio as redis
 import structlog
+from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.gateway.history import BoardPeriod, History
@@ -22,6 +24,10 @@ from shared.schema import BoardUpdate, board_update_decoder
 log = structlog.get_logger(__name__)
 
 MAX_BACKOFF_S = 5.0
+# The PING that marks how far a loss check must read the subscription, and how
+# long it waits for the reply before treating the connection as lost.
+CATCH_UP_PING = b"rankstream-loss-check"
+CATCH_UP_TIMEOUT_S = 10.0
 
 
 def connect_pubsub_client(url: str, client_name: str) -> redis.Redis:
@@ -92,10 +98,12 @@ class Listener:
                 loop = asyncio.get_running_loop()
                 next_check = loop.time() + self.loss_check_interval_s
                 while True:
-                    message = await pubsub.get_message(timeout=min(1.0, self.loss_check_interval_s))
-                    if message is not None:
+                    # Wait no longer than until the next check is due, so checks keep their interval.
+                    message = await pubsub.get_message(timeout=min(1.0, max(0.0, next_check - loop.time())))
+                    if message is not None and message["type"] == "message":
                         self._receive(message["data"])
                     if loop.time() >= next_check:
+                        await self._catch_up(pubsub)
                         await self._check_losses()
                         next_check = loop.time() + self.loss_check_interval_s
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
@@ -131,6 +139,31 @@ class Listener:
                 log.warning("rank-change gap detected after reconnect", board=board_period[0], period=board_period[1], seq=seq)
                 self.on_change(board_period, False)
 
+    async def _catch_up(self, pubsub: PubSub) -> None:
+        """Receive every message that Redis published before this call.
+
+        Redis writes the reply to a PING on a subscribed connection into the
+        same output buffer as the messages it pushes, so every message
+        published before the PING arrives first. That includes the messages
+        still unread in the socket after the event loop stalled. A loss check
+        made after this takes only an update published later than one check
+        interval after it was counted for a lost one.
+        """
+        await pubsub.ping(CATCH_UP_PING)
+        deadline = asyncio.get_running_loop().time() + CATCH_UP_TIMEOUT_S
+        while True:
+            remaining_s = deadline - asyncio.get_running_loop().time()
+            if remaining_s <= 0:
+                raise RedisTimeoutError(f"no reply to PING on the pub/sub connection within {CATCH_UP_TIMEOUT_S} s")
+            message = await pubsub.get_message(timeout=min(1.0, remaining_s))
+            if message is None:
+                continue
+            if message["type"] == "pong":
+                if message["data"] == CATCH_UP_PING:
+                    return
+            elif message["type"] == "message":
+                self._receive(message["data"])
+
     async def _check_losses(self) -> None:
         """Re-snapshot the board periods whose counter, read one check ago, is still ahead of the updates received.
 
@@ -141,7 +174,13 @@ class Listener:
         still be on the way. One interval later it has arrived, or it was lost.
         """
         seen_before = self._counters_seen
-        self._counters_seen = await self._read_counters()
+        try:
+            self._counters_seen = await self._read_counters()
+        except (RedisError, OSError) as error:
+            # The subscription may be fine, so it stays. The next check compares
+            # with the counters read before, which are older but still valid.
+            log.warning("loss check failed", error=str(error), board_periods=len(self.history.boards))
+            return
         self.loss_checks += 1
         for board_period, seq in self._counters_seen.items():
             history = self.history.get(board_period)
