@@ -8,12 +8,15 @@ import time
 from collections.abc import AsyncIterator
 
 import msgspec
+import pytest
 import redis as sync_redis
 import redis.asyncio as redis
+import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from structlog.testing import capture_logs
 
+from services.gateway import listener as listener_module
 from services.gateway.history import BoardPeriod, History
 from services.gateway.listener import Listener, connect_pubsub_client
 from shared.embedded import free_port
@@ -100,8 +103,11 @@ async def test_stalled_listener_not_flagged(settings: Settings, redis_client: re
         assert changed == [BOARD_A, BOARD_B, BOARD_B, BOARD_A]
 
 
-async def test_failed_counter_read_keeps_subscription(settings: Settings, redis_client: redis.Redis) -> None:
+async def test_failed_counter_read_keeps_subscription(settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """A loss check whose counter read fails is skipped and logged, and the working subscription stays."""
+    # A module logger used before another test reconfigured structlog keeps
+    # the old processors, which capture_logs does not replace. A new one does.
+    monkeypatch.setattr(listener_module, "log", structlog.get_logger(listener_module.__name__))
     names = Names(settings.namespace)
     # Nothing listens on this port, so every counter read fails at once.
     unreachable = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), retries=0), socket_connect_timeout=1)

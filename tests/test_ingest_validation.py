@@ -6,8 +6,10 @@ from datetime import datetime, timezone
 
 import msgspec
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
+from services.ingest import events
 from services.ingest.appender import Appender
 from shared.names import Names
 from shared.schema import ScoreEvent
@@ -196,8 +198,11 @@ async def test_repeated_id_in_one_request(settings: Settings, redis_client) -> N
     assert await redis_client.xlen(f"{settings.namespace}:{{events}}:stream") == 1
 
 
-async def test_info_log_only_with_rejections(settings: Settings, redis_client) -> None:
+async def test_info_log_only_with_rejections(settings: Settings, redis_client, monkeypatch: pytest.MonkeyPatch) -> None:
     """A request with a rejected event is logged at info with its counts, a fully accepted one at debug."""
+    # A module logger used before another test reconfigured structlog keeps
+    # the old processors, which capture_logs does not replace. A new one does.
+    monkeypatch.setattr(events, "log", structlog.get_logger(events.__name__))
     key = await new_key(settings)
     async with ingest_client(settings) as http:
         with capture_logs() as logs:
