@@ -95,6 +95,9 @@ def ranker_commands(events: int, athletes: int, scores_key: str, seed: int = 5) 
     count them after. ``scores_key`` should be a copy of the benchmark's board,
     because the cost of each sorted-set command grows with its size and with
     how scattered its members are in memory.
+
+    NOTE: a copy is laid out afresh, so it may be less scattered than the live
+    board, and this limit a little higher than the live board allows.
     """
     names = Names(LIMIT_NAMESPACE)
     applied = names.board_applied(BOARD, "limit")
