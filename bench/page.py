@@ -45,10 +45,11 @@ NEXT_STEPS = {
         "through ingest, the stream and the ranker: see the CPU line for the process that is short of a core."
     ),
     "reads": (
-        "A read is a few sequential Valkey round trips (shared/standings.py) plus the HTTP handling. When the ingest "
-        "process uses close to one core, reads are bound by Python work: serve them from more ingest processes, and, "
-        "where redis-py's connection.py and client.py lead the profile, read a standing with one script call, which "
-        "parses one reply instead of several. When it uses much less, the shared machine is the bound."
+        "A read of the top takes two Valkey round trips and one athlete's rank with neighbours three "
+        "(shared/standings.py), each a raw pipeline (shared/raw_commands.py), plus the HTTP handling. When the "
+        "ingest process uses close to one core, the p99 is queueing behind that Python work: serve reads from more "
+        "ingest processes, or read a standing with one script call. When it uses much less, the shared machine is "
+        "the bound."
     ),
     "rebuild": (
         "The rebuild reads the events athlete by athlete, computes each final score in Python and writes it with "

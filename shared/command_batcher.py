@@ -17,17 +17,16 @@ connection, so one wait confirms every call of the batch.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import hiredis
 import redis.asyncio as redis
 import structlog
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError
+
+from shared.raw_commands import exchange
 
 log = structlog.get_logger(__name__)
 
@@ -154,38 +153,13 @@ class CommandBatcher:
         connection = await pool.get_connection()
         try:
             await connection.check_health()
-            replies = await _exchange(connection, commands)
+            replies = await exchange(connection, commands)
         finally:
             await pool.release(connection)
         if self.wait_aof_timeout_ms is None:
             return replies, None
         waited = replies.pop()
         return replies, waited if isinstance(waited, Exception) else int(waited[0])
-
-
-async def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """Write every command at once, then read one reply per command. An error reply takes its place in the list."""
-    # hiredis packs each command in C. redis-py's pack_commands encodes every
-    # argument in Python, which showed in the ingest profile.
-    await connection.send_packed_command(b"".join([hiredis.pack_command(command) for command in commands]), check_health=False)
-    replies: list[Any] = []
-    try:
-        # One deadline for all the replies: redis-py's own per-read timeout
-        # (math.inf turns it off) cost a timer per reply.
-        async with asyncio.timeout(connection.socket_timeout):
-            for _command in commands:
-                try:
-                    replies.append(await connection.read_response(timeout=math.inf))
-                except ResponseError as error:
-                    replies.append(error)
-    except TimeoutError as error:
-        await connection.disconnect(nowait=True)
-        raise RedisTimeoutError(f"timed out after {connection.socket_timeout} s reading {len(commands)} replies from Redis") from error
-    except BaseException:
-        # Replies still unread would reach the next user of this connection.
-        await connection.disconnect(nowait=True)
-        raise
-    return replies
 
 
 def _weaker(first: int | Exception | None, second: int | Exception | None) -> int | Exception | None:

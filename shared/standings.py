@@ -20,12 +20,14 @@ staff, test and opted-out accounts, not for most of a board.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import redis.asyncio as redis
 
+from shared import raw_commands
 from shared.boards import Board, Tie, ranking_id
 from shared.names import Names
 
@@ -88,22 +90,19 @@ class _Ranking:
         return self.board.tie is Tie.FIRST
 
     async def raw_range(self, start: int, stop: int) -> list[tuple[str, float]]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            self.queue_range(pipe, start, stop)
-            (reply,) = await pipe.execute()
+        (reply,) = await raw_commands.read(self.client, [self.range_command(start, stop)])
         return self.parse_range(reply)
 
-    def queue_range(self, pipe: Any, start: int, stop: int) -> None:
-        """Add the read of sorted-set positions ``start`` to ``stop`` to ``pipe``; :meth:`parse_range` reads its reply."""
+    def range_command(self, start: int, stop: int) -> tuple[Any, ...]:
+        """Return the read of sorted-set positions ``start`` to ``stop``; :meth:`parse_range` reads its raw reply."""
         if self.first:
-            pipe.zrange(self.order_key, start, stop)
-        else:
-            pipe.zrevrange(self.key, start, stop, withscores=True)
+            return ("ZRANGE", self.order_key, start, stop)
+        return ("ZREVRANGE", self.key, start, stop, "WITHSCORES")
 
     def parse_range(self, reply: list) -> list[tuple[str, float]]:
         if self.first:
             return [(member.decode()[_ORDER_PREFIX_LENGTH:], float(sort_score_of_member(member.decode()))) for member in reply]
-        return [(member.decode(), score) for member, score in reply]
+        return [(member.decode(), score) for member, score in raw_commands.score_pairs(reply)]
 
     async def raw_position(self, user_id: str, score: float) -> int | None:
         if not self.first:
@@ -146,7 +145,7 @@ async def _open(client: redis.Redis, names: Names, board: Board, period: str, gr
     return view
 
 
-async def _find_hidden(view: _Ranking, members: set[bytes]) -> None:
+async def _find_hidden(view: _Ranking, members: Iterable[bytes]) -> None:
     """Record in ``view`` where each hidden athlete with a score in the ranking period sits."""
     hidden_users = sorted(member.decode() for member in members)
     if not hidden_users:
@@ -184,11 +183,10 @@ async def _standings_of_rows(view: _Ranking, offset: int, limit: int, rows: list
     if not rows:
         return []
     # The names and, with shared ranks, the count above the first row depend only on the rows: one round trip.
-    async with view.client.pipeline(transaction=False) as pipe:
-        pipe.hmget(view.names.display_names, [user_id for user_id, _score in rows])
-        if not view.first:
-            pipe.zcount(view.key, f"({rows[0][1]!r}", "+inf")
-        replies = await pipe.execute()
+    commands: list[tuple[Any, ...]] = [("HMGET", view.names.display_names, *[user_id for user_id, _score in rows])]
+    if not view.first:
+        commands.append(("ZCOUNT", view.key, f"({rows[0][1]!r}", "+inf"))
+    replies = await raw_commands.read(view.client, commands)
     names = replies[0]
     rank = offset + 1 if view.first else replies[1] - view.hidden_above(rows[0][1]) + 1
     standings: list[Standing] = []
@@ -218,11 +216,9 @@ async def read_top_page(
     view = _view(client, names, board, period, group)
     # Usually no athlete is hidden, so the hidden set, the rows and the count
     # come in one round trip. When one is, the rows are read again around them.
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.smembers(names.hidden_users)
-        pipe.zcard(view.key)
-        view.queue_range(pipe, offset, offset + max(limit, 1) - 1)
-        hidden_members, total, reply = await pipe.execute()
+    hidden_members, total, reply = await raw_commands.read(
+        client, [("SMEMBERS", names.hidden_users), ("ZCARD", view.key), view.range_command(offset, offset + max(limit, 1) - 1)]
+    )
     if hidden_members:
         await _find_hidden(view, hidden_members)
     participants = total - len(view.hidden)
@@ -276,16 +272,15 @@ async def read_user(
     rows, then the neighbours' names.
     """
     view = _view(client, names, board, period, group)
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.smembers(names.hidden_users)
-        pipe.zscore(view.key, user_id)
-        pipe.zcard(view.key)
-        pipe.hget(names.display_names, user_id)
-        if not view.first:
-            # With shared ranks the place needs no score, so it comes in the same round trip.
-            pipe.zrevrank(view.key, user_id)
-        replies = await pipe.execute()
-    hidden_members, score, total, display_name = replies[:4]
+    commands: list[tuple[Any, ...]] = [
+        ("SMEMBERS", names.hidden_users), ("ZSCORE", view.key, user_id), ("ZCARD", view.key), ("HGET", names.display_names, user_id)
+    ]
+    if not view.first:
+        # With shared ranks the place needs no score, so it comes in the same round trip.
+        commands.append(("ZREVRANK", view.key, user_id))
+    replies = await raw_commands.read(client, commands)
+    hidden_members, raw_score, total, display_name = replies[:4]
+    score = None if raw_score is None else float(raw_score)
     if hidden_members:
         await _find_hidden(view, hidden_members)
     # A hidden athlete with a score is in view.hidden, and one without a score gets None anyway.
@@ -308,13 +303,11 @@ async def read_user(
         visible_position = position - view.hidden_before(position)
         start = max(0, visible_position - around)
         limit = visible_position - start + around + 1
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.zcount(view.key, f"({score!r}", "+inf")
-            pipe.zcount(view.key, repr(score), repr(score))
-            if around > 0:
-                raw_start = _raw_start(view, start)
-                view.queue_range(pipe, raw_start, raw_start + limit - 1 + len(view.hidden))
-            counted = await pipe.execute()
+        commands = [("ZCOUNT", view.key, f"({score!r}", "+inf"), ("ZCOUNT", view.key, repr(score), repr(score))]
+        if around > 0:
+            raw_start = _raw_start(view, start)
+            commands.append(view.range_command(raw_start, raw_start + limit - 1 + len(view.hidden)))
+        counted = await raw_commands.read(client, commands)
         rank = counted[0] - view.hidden_above(score) + 1
         percentile = percentile_rank(participants, rank, counted[1] - view.hidden_equal(score))
         neighbours = await _standings_of_rows(view, start, limit, view.parse_range(counted[2])) if around > 0 else []
