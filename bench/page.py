@@ -376,7 +376,7 @@ def write_page(results: dict, rows: list[Row], path: Path, plot: Path | None, js
         "## Reproduce",
         "",
         "```sh",
-        "make bench            # full run, about four minutes on two cores",
+        "make bench            # full run, about five to six minutes on two cores",
         ".venv/bin/python -m bench --quick   # a tenth of the data, for development",
         "```",
         "",
