@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from services.ranker.script import live_keys
 from shared.names import Names
 from shared.schema import BoardUpdate, RankChange
 from shared.settings import Settings
@@ -143,6 +144,38 @@ async def test_unpublished_update_found_by_counter_check(settings: Settings, red
 
         await wait_for(two_more_checks, what="two more loss checks")
         assert (await gateway_stats(settings.ws_port))["losses_detected"] == 1
+
+
+async def test_counter_reset_resumes_live_updates(settings: Settings, redis_client) -> None:
+    """After Redis loses a board period's keys, its updates are numbered from 1 again and still reach subscribers."""
+    key = await new_key(settings)
+    names = Names(settings.namespace)
+    async with ingest_client(settings) as http, ranker(settings), gateway(settings, loss_check_interval_s=0.2) as url, WsClient.connect(url) as client:
+        snapshot = await client.subscribe("top", top=3)
+        period = snapshot["period"]
+        await post(http, key, [event("e1", "u1", 10), event("e2", "u2", 20)])
+        await client.recv_until(lambda m: m["seq"] == 1 and len(m["entries"]) == 2)
+        await post(http, key, event("e3", "u1", 30))
+        await client.recv_until(lambda m: m["seq"] == 2)
+
+        # As after a Redis restart without its data: the board period's keys are gone.
+        deleted = await redis_client.delete(*live_keys(names, BOARD, period))
+        assert deleted >= 3
+        fresh = (await client.recv_until(lambda m: m["type"] == "snapshot"))[-1]
+        assert (fresh["resumed"], fresh["seq"], fresh["entries"], fresh["changes"]) == (False, 0, [], [])
+        assert (await gateway_stats(settings.ws_port))["resets_detected"] == 1
+
+        # The next update is numbered 1, below what the gateway received before, and still pushed.
+        await post(http, key, event("e4", "u3", 5))
+        first = (await client.recv_until(lambda m: m["seq"] == 1))[-1]
+        assert first["type"] == "update"
+        assert [(e["user_id"], e["rank"], e["score"]) for e in first["entries"]] == [("u3", 1, 5)]
+
+        # Later updates, numbered 2 and up again, are pushed as updates.
+        await post(http, key, event("e5", "u4", 50))
+        update = (await client.recv_until(lambda m: m["seq"] == 2))[-1]
+        assert update["type"] == "update"
+        assert [(e["user_id"], e["rank"], e["score"]) for e in update["entries"]] == [("u4", 1, 50), ("u3", 2, 5)]
 
 
 async def test_gap_in_published_seq_sends_fresh_snapshot(settings: Settings, redis_client) -> None:

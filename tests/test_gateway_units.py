@@ -57,6 +57,18 @@ def test_history_gap_restarts() -> None:
     assert history.gaps_detected == 2
 
 
+def test_history_counter_reset_restarts() -> None:
+    """A counter below the last update received restarts the numbering, so the next low numbers are taken."""
+    history = History(max_changes=100, max_board_periods=10)
+    history.add(BOARD_PERIOD, update(7, change("a", 5, 1)))
+    assert history.observe(BOARD_PERIOD, 0) is True
+    assert history.add(BOARD_PERIOD, update(1, change("b", 7, 1))) is False
+    board = history.get(BOARD_PERIOD)
+    assert (board.first_seq, board.last_seq) == (1, 1)
+    assert board.changes_since(0) == [change("b", 7, 1)]
+    assert history.gaps_detected == 1
+
+
 def test_history_trims_and_evicts() -> None:
     """Past max_changes the oldest updates go; past max_board_periods the least recently updated."""
     history = History(max_changes=2, max_board_periods=2)

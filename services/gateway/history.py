@@ -99,12 +99,16 @@ class History:
 
         Called after reading the counter directly, for example after a pub/sub
         reconnect, when updates published in between were never received.
+        The counter never falls below an update that was published, so a
+        counter below the last update received means Redis lost or removed it
+        (a restart without its data). Numbering then starts again from
+        ``seq``, and updates numbered after it are new, however low.
         """
         history = self.boards.get(board_period)
         if history is None:
             self._start(board_period, seq)
             return False
-        if seq <= history.last_seq:
+        if seq == history.last_seq:
             return False
         self.gaps_detected += 1
         self._restart(history, seq)

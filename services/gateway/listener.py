@@ -67,6 +67,7 @@ class Listener:
         history: History,
         on_change: Callable[[BoardPeriod, bool], None],
         *,
+        on_reset: Callable[[BoardPeriod], None] | None = None,
         loss_check_interval_s: float = 5.0,
     ) -> None:
         self.pubsub_client = pubsub_client
@@ -74,11 +75,13 @@ class Listener:
         self.names = names
         self.history = history
         self.on_change = on_change
+        self.on_reset = on_reset if on_reset is not None else (lambda board_period: on_change(board_period, False))
         self.loss_check_interval_s = loss_check_interval_s
         self.subscribed = asyncio.Event()
         self.reconnects = 0
         self.loss_checks = 0
         self.losses_detected = 0
+        self.resets_detected = 0
         # Each known board period's counter as the previous loss check read it.
         self._counters_seen: dict[BoardPeriod, int] = {}
 
@@ -135,9 +138,24 @@ class Listener:
         counter ahead of the history means some were, so those views re-snapshot.
         """
         for board_period, seq in (await self._read_counters()).items():
-            if self.history.observe(board_period, seq):
+            history = self.history.get(board_period)
+            if history is not None and seq < history.last_seq:
+                self._restart_numbering(board_period, seq, history.last_seq)
+            elif self.history.observe(board_period, seq):
                 log.warning("rank-change gap detected after reconnect", board=board_period[0], period=board_period[1], seq=seq)
                 self.on_change(board_period, False)
+
+    def _restart_numbering(self, board_period: BoardPeriod, seq: int, last_received: int) -> None:
+        """Take ``seq``, below the last update received, as the board period's counter from now on.
+
+        The counter went back because Redis lost or removed it, as after a
+        restart without its data, so updates are numbered from ``seq`` again.
+        Every subscription of the board period gets a fresh snapshot.
+        """
+        self.history.observe(board_period, seq)
+        self.resets_detected += 1
+        log.warning("rank-change counter went back, views re-read", board=board_period[0], period=board_period[1], last_received=last_received, seq=seq)
+        self.on_reset(board_period)
 
     async def _catch_up(self, pubsub: PubSub) -> None:
         """Receive every message that Redis published before this call.
@@ -184,13 +202,16 @@ class Listener:
         self.loss_checks += 1
         for board_period, seq in self._counters_seen.items():
             history = self.history.get(board_period)
+            if history is None:
+                continue
+            last_received = history.last_seq
             earlier = seen_before.get(board_period)
-            if history is not None and earlier is not None and history.last_seq < earlier:
-                last_received = history.last_seq
-                if self.history.observe(board_period, seq):
-                    self.losses_detected += 1
-                    log.warning("rank-change update lost, views re-read", board=board_period[0], period=board_period[1], last_received=last_received, seq=seq)
-                    self.on_change(board_period, False)
+            if seq < last_received:
+                self._restart_numbering(board_period, seq, last_received)
+            elif earlier is not None and last_received < earlier and self.history.observe(board_period, seq):
+                self.losses_detected += 1
+                log.warning("rank-change update lost, views re-read", board=board_period[0], period=board_period[1], last_received=last_received, seq=seq)
+                self.on_change(board_period, False)
 
     async def _read_counters(self) -> dict[BoardPeriod, int]:
         """Return the update counter in Redis of every board period in the history."""

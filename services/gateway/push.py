@@ -76,6 +76,20 @@ class Pusher:
         if self.hub.dirty:
             self.wake.set()
 
+    def restart(self, board_period: BoardPeriod) -> None:
+        """Give every subscription of ``board_period`` a fresh snapshot at the next push, as its numbering started again.
+
+        A subscription's seq from before the restart can be above the new
+        counter, so it is set below every number the history can give changes
+        after. The views forget what they showed, so no overtakes are computed
+        across the restart.
+        """
+        for view in self.hub.views_for(board_period):
+            self.hub.view_states.pop(view, None)
+            for subscription in self.hub.subscriptions_of(view):
+                subscription.seq = -1
+        self.mark(board_period)
+
     async def run(self) -> None:
         """Push dirty board periods, no more often than once per flush interval, until cancelled."""
         loop = asyncio.get_running_loop()

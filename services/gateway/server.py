@@ -75,7 +75,9 @@ class Gateway:
         self.history = History(max_changes=config.history_max_changes, max_board_periods=config.history_max_board_periods)
         self.stats = Stats()
         self.pusher = Pusher(self.hub, self.history, Renderer(client, names), self._board, config, self.stats)
-        self.listener = Listener(pubsub_client, client, names, self.history, self.pusher.mark, loss_check_interval_s=config.loss_check_interval_s)
+        self.listener = Listener(
+            pubsub_client, client, names, self.history, self.pusher.mark, on_reset=self.pusher.restart, loss_check_interval_s=config.loss_check_interval_s
+        )
         self.subscribed = self.listener.subscribed
         self.probes = gateway_probes(client, names, self.subscribed)
         self.clients: set[Client] = set()
@@ -132,6 +134,7 @@ class Gateway:
             "pubsub_reconnects": self.listener.reconnects,
             "loss_checks": self.listener.loss_checks,
             "losses_detected": self.listener.losses_detected,
+            "resets_detected": self.listener.resets_detected,
         }
 
     # -- one connection -------------------------------------------------------
