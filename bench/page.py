@@ -30,10 +30,11 @@ NEXT_STEPS = {
     "e2e": (
         "The CPU line shows what each accepted event costs in every process and the rate the machine's cores allow "
         "at that cost: on two cores the whole pipeline, its two servers and the load generator share them. Valkey "
-        "is the largest part, and it runs commands on one thread. The limit column is what that thread does with "
-        "nothing but the commands of one event, pipelined from valkey-cli: the ingest script's (de-duplication "
-        "key, XADD), the two consumer groups' (group read, acknowledgement) and the apply script's (applied id, two rank counts and ZINCRBY on a board of a million "
-        "athletes, where each touches memory far outside the CPU caches). When that limit is below the target, "
+        "is the largest part, and it runs commands on one thread. The limit column is the rate at which that thread "
+        "runs nothing but the commands of one event, pipelined from valkey-cli. These are the ingest script's "
+        "(de-duplication key, XADD), the two consumer groups' (group read, acknowledgement) and the apply script's "
+        "(applied id, two rank counts and ZINCRBY on a board of a million athletes, where each touches memory far "
+        "outside the CPU caches). When that limit is below the target, "
         "no client code reaches it with one Valkey and a ranked board this size. The next steps are then to give "
         "the servers and the services their own cores, and to spread boards over several Valkey instances, each "
         "with its own stream, rankers and persisters."
@@ -128,14 +129,14 @@ def budget_lines(results: dict, target_per_s: float, cores: int) -> list[str]:
     copy_us = 1e6 / copy["rows_per_s"]
     left_us = budget_us - valkey_us - copy_us
     rest = (
-        f"which leaves about {left_us:.1f} µs for HTTP, validation, both consumers and the load generator"
+        f"That leaves about {left_us:.1f} µs for HTTP, validation, both consumers and the load generator."
         if left_us > 0
-        else "which is already more than that, before any HTTP, validation or consumer work"
+        else "That is already more than the budget, before any HTTP, validation or consumer work."
     )
     return [
         f"  - At {target_per_s:,.0f} events/s, {cores} cores give each event {budget_us:.1f} µs of CPU in all. The raw "
         f"limits alone take about {valkey_us:.1f} µs of Valkey's one thread (its commands for one event, pipelined, "
-        f"without Lua) and {copy_us:.1f} µs of a COPY into PostgreSQL (one row, client and server), {rest}. These are "
+        f"without Lua) and {copy_us:.1f} µs of a COPY into PostgreSQL (one row, client and server). {rest} These are "
         "estimates from elapsed times of saturated runs. The CPU line above shows what the services take."
     ]
 

@@ -96,16 +96,16 @@ def test_budget_subtracts_raw_limits() -> None:
     assert line.startswith("  - At 50,000 events/s, 2 cores give each event 40.0 µs of CPU in all.")
     assert "take about 25.0 µs of Valkey's one thread" in line
     assert "8.0 µs of a COPY into PostgreSQL" in line
-    assert "which leaves about 7.0 µs for HTTP" in line
+    assert "That leaves about 7.0 µs for HTTP" in line
     assert budget_lines({"limits": {}}, 50_000, 2) == []
 
 
 def test_budget_overspent_by_raw_limits() -> None:
-    """When the raw limits alone exceed the budget, the line says so instead of a negative remainder."""
+    """When the raw limits alone exceed the budget, the line reports that instead of a negative remainder."""
     results = {"limits": {"valkey": {"ingest_consumers_and_ranker": {"events_per_s": 30_000.0}}, "postgres_copy": {"rows_per_s": 100_000.0}}}
     [line] = budget_lines(results, 50_000, 2)
     assert "take about 33.3 µs of Valkey's one thread" in line
-    assert "which is already more than that, before any HTTP" in line
+    assert "That is already more than the budget, before any HTTP" in line
 
 
 def test_median_run_keeps_every_value() -> None:
