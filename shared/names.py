@@ -23,9 +23,10 @@ braces), so the layout works unchanged on Redis Cluster:
   their late grace ends, which the ranker's period closer follows.
 - ``{ns}:users:hidden`` is the set of athletes hidden from every board.
 - ``{ns}:users:names`` maps user id to display name.
-- ``{ns}:ratelimit:<subject>`` is one token bucket: of an API key (subject
-  ``key:<id>``) or of the failed authentications of a client address
-  (``authfail:<address>``). Only the ingest rate-limit script touches it.
+- ``{ns}:{events}:ratelimit:<subject>`` is one token bucket: of an API key
+  (subject ``key:<id>``) or of the failed authentications of a client address
+  (``authfail:<address>``). The append script takes a request's token and
+  appends its events in one call, so buckets share the ``{events}`` tag.
 - ``{ns}:rank-changes`` is the pub/sub channel of rank changes.
 - ``{ns}:boards:built`` marks that the boards hold every persisted event, and
   ``{ns}:boards:rebuild-lock`` names the ranker rebuilding them after a loss.
@@ -73,7 +74,7 @@ class Names:
         return f"{self.namespace}:{{events}}:failed:{group}"
 
     def rate_limit_bucket(self, subject: str) -> str:
-        return f"{self.namespace}:ratelimit:{subject}"
+        return f"{self.namespace}:{{events}}:ratelimit:{subject}"
 
     @property
     def rank_changes_channel(self) -> str:

@@ -118,3 +118,40 @@ async def test_unreachable_redis_lets_requests_through(settings: Settings) -> No
 
     assert allowance.allowed is True
     assert allowance.remaining == 0
+
+
+async def test_refused_requests_take_a_token_too(settings: Settings, redis_client) -> None:
+    """A body that is not JSON, an event of another athlete and a rejected value each take a token, so the fourth request gets 429."""
+    limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=3)
+    device = await new_key(settings, KeyKind.DEVICE, "u1")
+    headers = {"Authorization": f"Bearer {device}", "Content-Type": "application/json"}
+    async with ingest_client(limited) as http:
+        started_s = time.monotonic()
+        not_json = await http.post("/v1/events", data=b"{not json", headers=headers)
+        other_athlete = await http.post("/v1/events", json=[{**event("x1"), "user_id": "u2"}], headers=headers)
+        negative = await http.post("/v1/events", json=[{**event("x2"), "value": -5}], headers=headers)
+        refused = await http.post("/v1/events", json=[event("x3")], headers=headers)
+        elapsed_ms = (time.monotonic() - started_s) * 1000
+        refused_body = await refused.json(content_type=None)
+
+    assert [not_json.status, other_athlete.status, negative.status] == [400, 403, 200]
+    assert refused.status == 429
+    assert refused_body["type"] == "urn:rankstream:problem:rate-limited"
+    # A token takes 60 s to refill; the requests refilled up to elapsed_ms of it.
+    assert int(refused.headers["Retry-After"]) in {math.ceil((60_000 - elapsed_ms) / 1000), 60}
+    assert await redis_client.xlen(Names(settings.namespace).events_stream) == 0
+
+
+async def test_limited_request_appends_nothing(settings: Settings, redis_client) -> None:
+    """The append script refuses a request on an empty bucket before it writes the stream or a seen key."""
+    limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=1)
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    names = Names(settings.namespace)
+    async with ingest_client(limited) as http:
+        first = await http.post("/v1/events", json=[event("y1")], headers=headers)
+        second = await http.post("/v1/events", json=[event("y2"), event("y3")], headers=headers)
+
+    assert (first.status, second.status) == (202, 429)
+    assert await redis_client.xlen(names.events_stream) == 1
+    assert await redis_client.exists(names.seen_event("y2"), names.seen_event("y3")) == 0

@@ -1,12 +1,19 @@
--- Append new events to the stream, skipping ids seen before, atomically.
+-- Take the request's rate-limit token, then append its new events to the
+-- stream, skipping ids seen before, atomically (take_tokens.lua comes first).
 --
--- KEYS[1] events stream, KEYS[2..n+1] one "seen" key per event.
+-- KEYS[1] events stream, KEYS[2] the poster's rate-limit bucket,
+-- KEYS[3..n+2] one "seen" key per event.
 -- ARGV[1] seconds a seen key lives, ARGV[2] the most entries the stream may
--- hold, then pairs: body hash, entry payload.
+-- hold, ARGV[3] the bucket's capacity in tokens, ARGV[4] its refill rate in
+-- tokens per minute (0 takes no token and leaves KEYS[2] alone), then pairs:
+-- body hash, entry payload.
 -- Returns one reply per event: the new entry id, "duplicate" (same id and
 -- body seen before) or "conflict" (same id, different body). The seen key and
 -- the entry are written together, so a retried request can never lose or
 -- double an event.
+-- When the bucket is empty, nothing is appended and the reply is
+-- {"limited", milliseconds until a token is in the bucket}. A request with no
+-- events only takes its token.
 -- When the new events would take the stream past its bound, nothing is
 -- written and the reply is {"full", current length}. Entries leave the stream
 -- only when every consumer group has acknowledged them, so the length is the
@@ -14,6 +21,15 @@
 
 local ttl_s = tonumber(ARGV[1])
 local max_entries = tonumber(ARGV[2])
+local per_minute = tonumber(ARGV[4])
+local FIRST_EVENT_KEY = 3
+
+if per_minute > 0 then
+  local allowance = take_tokens(KEYS[2], tonumber(ARGV[3]), per_minute, 1)
+  if allowance[1] == 0 then
+    return {'limited', allowance[2]}
+  end
+end
 
 -- previous[i] is the body hash that event i is compared with. It is the stored
 -- hash, or that of an earlier event of this request with the same id. So a
@@ -21,9 +37,9 @@ local max_entries = tonumber(ARGV[2])
 local previous = {}
 local first_in_request = {}
 local new_events = 0
-for i = 2, #KEYS do
+for i = FIRST_EVENT_KEY, #KEYS do
   local key = KEYS[i]
-  local body_hash = ARGV[(i - 1) * 2 + 1]
+  local body_hash = ARGV[(i - FIRST_EVENT_KEY) * 2 + 5]
   if first_in_request[key] ~= nil then
     previous[i] = first_in_request[key]
   else
@@ -45,9 +61,9 @@ if new_events > 0 then
 end
 
 local replies = {}
-for i = 2, #KEYS do
-  local body_hash = ARGV[(i - 1) * 2 + 1]
-  local payload = ARGV[(i - 1) * 2 + 2]
+for i = FIRST_EVENT_KEY, #KEYS do
+  local body_hash = ARGV[(i - FIRST_EVENT_KEY) * 2 + 5]
+  local payload = ARGV[(i - FIRST_EVENT_KEY) * 2 + 6]
   if previous[i] == false then
     local entry_id = redis.call('XADD', KEYS[1], '*', 'event', payload)
     redis.call('SET', KEYS[i], body_hash, 'EX', ttl_s)

@@ -20,11 +20,12 @@ from importlib import resources
 import msgspec
 import redis.asyncio as redis
 
+from services.ingest.rate_limit import TAKE_TOKENS_LUA, Allowance, Bucket, RateLimited
 from shared.command_batcher import CommandBatcher
 from shared.names import Names
 from shared.schema import ScoreEvent, StreamEvent
 
-APPEND_SCRIPT = resources.files("services.ingest").joinpath("append.lua").read_text(encoding="utf-8")
+APPEND_SCRIPT = TAKE_TOKENS_LUA + resources.files("services.ingest").joinpath("append.lua").read_text(encoding="utf-8")
 
 # Append pipelines in flight at once per ingest process: the next batch forms
 # and goes out while one waits for the fsync.
@@ -33,6 +34,7 @@ IN_FLIGHT = 2
 DUPLICATE = "duplicate"
 CONFLICT = "conflict"
 _FULL = b"full"
+_LIMITED = b"limited"
 
 
 class AppendUnavailable(Exception):
@@ -90,18 +92,25 @@ class Appender:
         self.script = client.register_script(APPEND_SCRIPT)
         self.batcher = CommandBatcher(client, wait_aof_timeout_ms=None if durability == "relaxed" else waitaof_timeout_ms, max_in_flight=IN_FLIGHT)
 
-    async def append(self, events: Sequence[ScoreEvent], received_at: datetime) -> list[str]:
+    async def append(self, events: Sequence[ScoreEvent], received_at: datetime, bucket: Bucket | None = None) -> list[str]:
         """Return, per event, its new stream id, DUPLICATE or CONFLICT.
 
-        Raises BacklogFull when the stream is at its bound, and NotDurable
+        With a ``bucket``, the same script call first takes the request's token
+        from it (even with no events) and raises RateLimited, appending
+        nothing, when the bucket is empty: one round trip for both. Raises
+        BacklogFull when the stream is at its bound, and NotDurable
         when the fsync was not confirmed within ``waitaof_timeout_ms`` or
         the server cannot confirm it (no append-only file, or a Redis older
         than 7.2). Redis connection errors propagate.
         """
-        if not events:
+        if not events and bucket is None:
             return []
-        keys = [self.names.events_stream]
-        args: list[str | bytes | int] = [self.dedupe_ttl_s, self.max_backlog]
+        stream = self.names.events_stream
+        # Without a bucket the script leaves its key alone; the stream key keeps its place.
+        keys = [stream, stream if bucket is None else bucket.key]
+        args: list[str | bytes | int] = [self.dedupe_ttl_s, self.max_backlog, 0, 0] if bucket is None else [
+            self.dedupe_ttl_s, self.max_backlog, bucket.capacity, bucket.per_minute,
+        ]
         for event in events:
             keys.append(self.names.seen_event(event.event_id))
             stored = StreamEvent(
@@ -118,6 +127,9 @@ class Appender:
             args.append(msgspec.json.encode(stored))
 
         replies = await self._append_and_wait(keys, args)
+        if replies and replies[0] == _LIMITED:
+            assert bucket is not None, "the script takes no token without a bucket"
+            raise RateLimited(Allowance(False, int(replies[1]), 0), bucket.per_minute)
         if replies and replies[0] == _FULL:
             raise BacklogFull(
                 f"the event stream contains {replies[1]} unprocessed entries and its maximum is {self.max_backlog}, so nothing was stored; retry later",
@@ -132,7 +144,9 @@ class Appender:
         replies = reply.value
         if isinstance(replies, Exception):
             raise replies
-        if self.durability == "relaxed" or (replies and replies[0] == _FULL):
+        # Nothing to confirm when nothing was appended: a full stream, an empty
+        # bucket, or a request without events that only took its token.
+        if self.durability == "relaxed" or not replies or replies[0] in (_FULL, _LIMITED):
             return replies
         if isinstance(reply.on_disk, Exception):
             raise NotDurable(

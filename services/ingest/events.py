@@ -16,6 +16,7 @@ from services.ingest.auth import require_poster
 from services.ingest.decode import BodyError, Item, Rejection, decode_events
 from services.ingest.event_timing import check_timing
 from services.ingest.problems import problem
+from services.ingest.rate_limit import Bucket
 from services.ingest.security import SECURITY_KEY
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
@@ -36,14 +37,18 @@ def _result_of(event: ScoreEvent, outcome: str) -> EventResult:
     return EventResult(event_id=event.event_id, status="accepted", stream_id=outcome)
 
 
-async def append_items(state: IngestState, items: Sequence[Item]) -> list[EventResult]:
-    """Append the valid events of ``items`` in one script call; return one result per item, in order."""
+async def append_items(state: IngestState, items: Sequence[Item], bucket: Bucket | None = None) -> list[EventResult]:
+    """Append the valid events of ``items`` in one script call; return one result per item, in order.
+
+    With a ``bucket`` the same call takes the request's rate-limit token, and
+    RateLimited is raised, with nothing appended, when the bucket is empty.
+    """
     # One instant for the timing check and received_at, so the ranker's late
     # check on received_at agrees with what ingest reported.
     now = state.clock()
     items = check_timing(items, state.boards, now)
     events = [item for item in items if isinstance(item, ScoreEvent)]
-    outcomes = iter(await state.appender.append(events, now))
+    outcomes = iter(await state.appender.append(events, now, bucket))
     results: list[EventResult] = []
     for item in items:
         if isinstance(item, Rejection):
@@ -71,24 +76,29 @@ async def post_events(request: web.Request) -> web.Response:
     security = request.app[SECURITY_KEY]
     key = await state.authenticator.authenticate(request.headers.get("Authorization"))
     require_poster(key)
-    await security.rate_limiter.check(f"key:{key.id}")
+    # Every request costs one token. A request that reaches the append takes it
+    # in the append's own script call, and one refused before takes it here, so
+    # a request on an empty bucket gets 429 whatever else is wrong with it.
+    subject = f"key:{key.id}"
     body = await request.read()
     try:
         items = decode_events(body, state.boards, security.rules, state.clock(), security.max_events_per_request)
     except BodyError as error:
+        await security.rate_limiter.check(subject)
         return problem(error.status, error.slug, error.title, error.detail)
 
     # Device keys may only post for their own athlete.
     if key.kind is KeyKind.DEVICE:
         for item in items:
             if isinstance(item, ScoreEvent) and item.user_id != key.user_id:
+                await security.rate_limiter.check(subject)
                 return problem(
                     403, "forbidden-user", "Forbidden",
                     f"this device key may post only for user_id {key.user_id!r}, not {item.user_id!r}",
                 )
 
     try:
-        results = await append_items(state, items)
+        results = await append_items(state, items, security.rate_limiter.bucket(subject))
     except (AppendUnavailable, RedisConnectionError, RedisTimeoutError) as error:
         return unavailable_problem(error, state, key.id)
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}

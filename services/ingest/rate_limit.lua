@@ -1,40 +1,7 @@
--- Take tokens from one token bucket, atomically.
+-- Take tokens from one token bucket, atomically (take_tokens.lua comes first).
 --
--- KEYS[1] the bucket hash (fields: tokens, updated_ms).
+-- KEYS[1] the bucket hash.
 -- ARGV[1] capacity in tokens, ARGV[2] refill rate in tokens per minute,
 -- ARGV[3] tokens this request costs; 0 only reads the bucket.
--- Returns {allowed (1 or 0), milliseconds until the request would be allowed,
--- whole tokens left, milliseconds until at least one token is in the bucket}.
--- Time comes from the server, so every ingest process shares one clock.
 
-local capacity = tonumber(ARGV[1])
-local per_minute = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-
-local time = redis.call('TIME')
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated_ms')
-local tokens = tonumber(state[1]) or capacity
-local updated_ms = tonumber(state[2]) or now_ms
-local elapsed_ms = math.max(0, now_ms - updated_ms)
-tokens = math.min(capacity, tokens + elapsed_ms * per_minute / 60000)
-
-local allowed = 0
-local wait_ms = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  wait_ms = math.ceil((cost - tokens) * 60000 / per_minute)
-end
-
-local wait_one_ms = 0
-if tokens < 1 then
-  wait_one_ms = math.ceil((1 - tokens) * 60000 / per_minute)
-end
-
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated_ms', now_ms)
--- A full bucket and a missing one mean the same, so let idle buckets expire.
-redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * 60000 / per_minute) + 1000)
-return {allowed, wait_ms, math.floor(tokens), wait_one_ms}
+return take_tokens(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))

@@ -17,7 +17,10 @@ from shared.names import Names
 
 log = structlog.get_logger(__name__)
 
-RATE_LIMIT_SCRIPT = resources.files("services.ingest").joinpath("rate_limit.lua").read_text(encoding="utf-8")
+_SCRIPTS = resources.files("services.ingest")
+# The token bucket function that every script taking tokens starts with.
+TAKE_TOKENS_LUA = _SCRIPTS.joinpath("take_tokens.lua").read_text(encoding="utf-8")
+RATE_LIMIT_SCRIPT = TAKE_TOKENS_LUA + _SCRIPTS.joinpath("rate_limit.lua").read_text(encoding="utf-8")
 
 # While Redis is unreachable, one warning per this many seconds is enough.
 _OUTAGE_LOG_INTERVAL_S = 10.0
@@ -35,6 +38,15 @@ class Allowance:
     def retry_after_s(self) -> int:
         """Whole seconds to wait, rounded up, as the ``Retry-After`` header carries them."""
         return max(1, math.ceil(self.retry_after_ms / 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One subject's token bucket, for a script that takes a request's token along with its own work."""
+
+    key: str
+    capacity: int
+    per_minute: int
 
 
 class RateLimited(Exception):
@@ -68,6 +80,12 @@ class RateLimiter:
         # Limiters of one process share a batcher, so their checks share round trips.
         self.batcher = batcher if batcher is not None else CommandBatcher(client)
         self._outage_logged_at = -math.inf
+
+    def bucket(self, subject: str) -> Bucket | None:
+        """Return ``subject``'s bucket, or None when limiting is off."""
+        if self.per_minute == 0:
+            return None
+        return Bucket(self.names.rate_limit_bucket(subject), self.burst_requests, self.per_minute)
 
     async def take(self, subject: str, cost: int = 1) -> Allowance:
         """Take ``cost`` tokens from ``subject``'s bucket; return whether the request may go on.
