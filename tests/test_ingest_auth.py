@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
 import time
@@ -280,3 +281,35 @@ async def test_revoked_key_loses_failure_limit_exemption(settings: Settings, red
     # A revocation drops every cached lookup, so the admin key is no longer exempt either.
     assert admin_after.status == 429
     assert await stream_length(redis_client, settings) == 1
+
+
+class CountingPool:
+    """A real pool that counts the key lookups sent through it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.queries = 0
+
+    async def fetchrow(self, query: str, *args):
+        self.queries += 1
+        return await self.pool.fetchrow(query, *args)
+
+
+async def test_concurrent_requests_share_one_lookup(settings: Settings, db: asyncpg.Connection) -> None:
+    """Fifty requests with a key not cached yet send one query; a later unknown key sends its own."""
+    _key, text = await create_key(db, "busy", KeyKind.SERVER)
+    pool = await create_pool(settings.database_url, max_size=4)
+    counting = CountingPool(pool)
+    authenticator = Authenticator(counting, 60, lambda: datetime.now(timezone.utc))  # type: ignore[arg-type]
+    try:
+        keys = await asyncio.gather(*(authenticator.authenticate(f"Bearer {text}") for _ in range(50)))
+        queries_for_known = counting.queries
+        unknown = await asyncio.gather(*(authenticator.authenticate("Bearer rsk_unknown") for _ in range(3)), return_exceptions=True)
+    finally:
+        await pool.close()
+
+    assert queries_for_known == 1
+    assert {key.name for key in keys} == {"busy"}
+    assert counting.queries == 2
+    assert [type(error) for error in unknown] == [AuthError, AuthError, AuthError]
+    assert authenticator._lookups == {}

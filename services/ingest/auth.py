@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -60,6 +61,10 @@ class Authenticator:
         # Unknown keys are cached apart, so a flood of random keys clears only
         # this map and never pushes real keys out of the cache.
         self._unknown: dict[bytes, float] = {}
+        # Lookups in progress by key hash. When a cached key expires under load,
+        # every request then in flight with it waits on one query instead of
+        # sending its own.
+        self._lookups: dict[bytes, asyncio.Future[ApiKey | None]] = {}
 
     async def authenticate(self, header: str | None) -> ApiKey:
         """Return the key's metadata; raise AuthError (401) for a missing, unknown, revoked or expired key."""
@@ -72,7 +77,7 @@ class Authenticator:
         elif self._unknown.get(digest, 0.0) > now:
             key = None
         else:
-            key = await find_key(self.pool, token)
+            key = await self._look_up(token, digest)
             if key is None:
                 if len(self._unknown) >= MAX_CACHED_KEYS:
                     self._unknown.clear()
@@ -87,6 +92,22 @@ class Authenticator:
             state = "revoked" if key.revoked_at is not None else "expired"
             raise AuthError(401, f"the API key is {state}; create a new one with 'rankstream keys create'")
         return key
+
+    async def _look_up(self, token: str, digest: bytes) -> ApiKey | None:
+        """Return ``find_key(token)``, sharing one query among the callers that ask at the same time."""
+        lookup = self._lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(find_key(self.pool, token))
+            self._lookups[digest] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(digest, done))
+        # A caller that is cancelled leaves the query running for the others.
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, digest: bytes, lookup: asyncio.Future[ApiKey | None]) -> None:
+        self._lookups.pop(digest, None)
+        if not lookup.cancelled():
+            # Retrieve the error, so asyncio does not report it as unhandled when every caller was cancelled.
+            lookup.exception()
 
     def verified(self, header: str | None) -> bool:
         """Return whether ``header`` carries a key this process looked up and found usable within the cache time."""
