@@ -195,24 +195,35 @@ def accepts_late(board: Board, occurred_at: datetime, received_at: datetime) -> 
 class PeriodLookup:
     """Find the period of each instant, reusing the last period found per board.
 
-    Events of one batch mostly fall in the same period, so a lookup is usually
-    two comparisons with the last period's bounds instead of a time zone
+    Events mostly fall in the current period, so a lookup is usually two
+    comparisons with the last period's bounds instead of a time zone
     conversion. Returns the same as :func:`period_of` and :func:`closes_at`.
-    One instance serves one batch; nothing is evicted while it lives.
+    It keeps one period per board id, found with the board definition it
+    was asked with, so one instance may serve a whole process across board
+    reloads.
     """
 
     def __init__(self) -> None:
-        # board id -> (start, end, period, closing) of the last period found.
+        # board id -> (board, start, end, period, closing) of the last period found.
         # Keyed by id because hashing a Board hashes every field.
-        self._last: dict[str, tuple[datetime | None, datetime | None, str, datetime | None]] = {}
+        self._last: dict[str, tuple[Board, datetime | None, datetime | None, str, datetime | None]] = {}
 
     def find(self, board: Board, instant: datetime) -> tuple[str, datetime | None]:
         """Return the id of the period of ``board`` that contains ``instant``, and when it closes (None if never)."""
         last = self._last.get(board.id)
-        if last is not None:
-            start, end, period, closing = last
+        # A reloaded or redefined board is a new object, whose periods may differ.
+        if last is not None and last[0] is board:
+            _board, start, end, period, closing = last
             if start is None or (start <= instant < end):  # type: ignore[operator]
                 return period, closing
+
+        period = period_of(board, instant)
+        start, end = period_bounds(board, period)
+        closing = None if end is None else end + timedelta(seconds=board.late_grace_s)
+        # Cache only bounds that agree with period_of, so a reused period is always the one period_of returns.
+        if start is None or (end is not None and start <= instant < end):
+            self._last[board.id] = (board, start, end, period, closing)
+        return period, closing
 
         period = period_of(board, instant)
         start, end = period_bounds(board, period)

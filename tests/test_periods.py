@@ -106,6 +106,17 @@ def test_period_status_open_provisional_final() -> None:
     assert resets_at(board(Reset.NEVER), utc("2026-12-03T12:00:00Z")) is None
 
 
+def test_period_lookup_follows_redefined_board() -> None:
+    """A kept lookup asked with a new definition of a board id finds the new board's period, not the cached one."""
+    lookup = PeriodLookup()
+    instant = utc("2026-12-03T12:00:00Z")
+    daily_period = lookup.find(board(Reset.DAILY), instant)
+    weekly_period = lookup.find(board(Reset.WEEKLY), instant)
+
+    assert daily_period == ("2026-12-03", utc("2026-12-04T01:00:00Z"))
+    assert weekly_period == ("2026-W49", utc("2026-12-07T01:00:00Z"))
+
+
 def test_period_lookup_crosses_period_ends() -> None:
     """PeriodLookup returns the period and closing instant period_of and closes_at return, on both sides of each end."""
     daily = board(Reset.DAILY, "America/New_York")

@@ -44,10 +44,14 @@ def period_closed_reason(board: Board, period: str, closing: datetime) -> str:
     return f"period closed: period {period!r} of board {board.id!r} stopped taking late events at {format_instant(closing)}"
 
 
-def check_timing(items: Sequence[Item], boards: BoardRegistry, now: datetime) -> list[Item]:
-    """Return ``items`` with every event that fails :func:`timing_error` replaced by its Rejection."""
+def check_timing(items: Sequence[Item], boards: BoardRegistry, now: datetime, periods: PeriodLookup | None = None) -> list[Item]:
+    """Return ``items`` with every event that fails :func:`timing_error` replaced by its Rejection.
+
+    Pass a ``periods`` lookup that lives as long as the process, so most events
+    find their period without computing it.
+    """
     checked: list[Item] = []
-    periods = PeriodLookup()
+    periods = periods if periods is not None else PeriodLookup()
     for item in items:
         error = timing_error(item, boards, now, periods) if isinstance(item, ScoreEvent) else None
         checked.append(item if error is None else Rejection(item.event_id, error))

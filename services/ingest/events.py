@@ -46,7 +46,7 @@ async def append_items(state: IngestState, items: Sequence[Item], bucket: Bucket
     # One instant for the timing check and received_at, so the ranker's late
     # check on received_at agrees with what ingest reported.
     now = state.clock()
-    items = check_timing(items, state.boards, now)
+    items = check_timing(items, state.boards, now, state.periods)
     events = [item for item in items if isinstance(item, ScoreEvent)]
     outcomes = iter(await state.appender.append(events, now, bucket))
     results: list[EventResult] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from datetime import datetime
@@ -15,6 +15,7 @@ from services.ingest.appender import Appender
 from services.ingest.auth import Authenticator
 from shared.boards import BoardRegistry
 from shared.names import Names
+from shared.periods import PeriodLookup
 
 
 @dataclass
@@ -26,6 +27,8 @@ class IngestState:
     clock: Callable[[], datetime]
     appender: Appender
     authenticator: Authenticator
+    # The period of each board that the last event fell in, kept across requests.
+    periods: PeriodLookup = field(default_factory=PeriodLookup)
 
 
 STATE_KEY: web.AppKey[IngestState] = web.AppKey("state", IngestState)
