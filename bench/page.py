@@ -19,8 +19,9 @@ OWN_HEADINGS = {
 # The next step for each kind of missed target: a plan, not a measurement.
 NEXT_STEPS = {
     "single": (
-        "Ingest already sends the Redis calls of concurrent requests as shared pipelines (shared/command_batcher.py), "
-        "so what a request costs is mostly aiohttp's HTTP handling, validation and the event loop (see the profile). "
+        "Each request makes one Redis call, a script that takes its rate-limit token and appends its events, and "
+        "the calls of concurrent requests go out as shared pipelines (shared/command_batcher.py). So what a request "
+        "costs is mostly aiohttp's HTTP handling, validation and the event loop (see the profile). "
         "When the ingest process uses close to one core (see the CPU line), that Python work is the bound. Then run "
         "several ingest processes per host behind a load balancer, and send batches from clients that can: the "
         "batch row reaches far more events per second per process. When it uses much less, it waits for the "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -24,6 +25,9 @@ from shared.metrics import record_event_outcomes
 from shared.schema import EventResult, ScoreEvent
 
 log = structlog.get_logger(__name__)
+# The standard library logger under ``log``. It answers isEnabledFor from a
+# cache, where a filtered structlog call still cost about 3 microseconds.
+_stdlib_log = logging.getLogger(__name__)
 
 
 def _result_of(event: ScoreEvent, outcome: str) -> EventResult:
@@ -109,7 +113,7 @@ async def post_events(request: web.Request) -> web.Response:
     # rejected or conflicting events, which point to a faulty device.
     if counts["rejected"] or counts["conflict"]:
         log.info("events posted, some not accepted", key_id=key.id, **counts)
-    else:
+    elif _stdlib_log.isEnabledFor(logging.DEBUG):
         log.debug("events posted", key_id=key.id, **counts)
     status = 202 if counts["accepted"] else 200
     return web.Response(status=status, body=msgspec.json.encode({"results": results}), content_type="application/json")
