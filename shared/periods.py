@@ -224,11 +224,3 @@ class PeriodLookup:
         if start is None or (end is not None and start <= instant < end):
             self._last[board.id] = (board, start, end, period, closing)
         return period, closing
-
-        period = period_of(board, instant)
-        start, end = period_bounds(board, period)
-        closing = None if end is None else end + timedelta(seconds=board.late_grace_s)
-        # Cache only bounds that agree with period_of, so a reused period is always the one period_of returns.
-        if start is None or (end is not None and start <= instant < end):
-            self._last[board.id] = (start, end, period, closing)
-        return period, closing

@@ -11,6 +11,8 @@ from shared.api_keys import KeyKind
 from shared.names import Names
 from shared.settings import Settings
 from services.ingest.rate_limit import RateLimiter
+from services.ingest.security import SECURITY_KEY
+from services.ingest.state import STATE_KEY
 from tests.helpers import ingest_client, new_key
 
 
@@ -155,3 +157,60 @@ async def test_limited_request_appends_nothing(settings: Settings, redis_client)
     assert (first.status, second.status) == (202, 429)
     assert await redis_client.xlen(names.events_stream) == 1
     assert await redis_client.exists(names.seen_event("y2"), names.seen_event("y3")) == 0
+
+
+async def test_oversized_and_unreadable_bodies_take_a_token(settings: Settings, redis_client) -> None:
+    """A body over the size limit and a body that is not the gzip it claims each take a token."""
+    limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=2, max_body_bytes=2048)
+    key = await new_key(settings)
+    # The server closes a connection whose body it could not read, so each request gets its own.
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Connection": "close"}
+    async with ingest_client(limited) as http:
+        oversized = await http.post("/v1/events", data=b"[" + b" " * 4096 + b"]", headers=headers)
+        not_gzip = await http.post("/v1/events", data=b"[]", headers={**headers, "Content-Encoding": "gzip"})
+        refused = await http.post("/v1/events", json=[event("z1")], headers=headers)
+
+    assert [oversized.status, not_gzip.status, refused.status] == [413, 400, 429]
+    assert await redis_client.xlen(Names(settings.namespace).events_stream) == 0
+
+
+async def test_known_empty_bucket_refuses_without_redis(settings: Settings, redis_client) -> None:
+    """After Redis refused a request, a 1,000-event request gets 429 with no call to Redis."""
+    limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=1)
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with ingest_client(limited) as http:
+        state = http.app[STATE_KEY]
+        limiter = http.app[SECURITY_KEY].rate_limiter
+        started_s = time.monotonic()
+        accepted = await http.post("/v1/events", json=[event("k1")], headers=headers)
+        refused_by_redis = await http.post("/v1/events", json=[event("k2")], headers=headers)
+        calls_before = (state.appender.batcher.calls_sent, limiter.batcher.calls_sent)
+        refused_here = await http.post("/v1/events", json=[event(f"k{i}") for i in range(3, 1003)], headers=headers)
+        calls_after = (state.appender.batcher.calls_sent, limiter.batcher.calls_sent)
+        elapsed_ms = (time.monotonic() - started_s) * 1000
+        refused_body = await refused_here.json(content_type=None)
+
+    assert [accepted.status, refused_by_redis.status, refused_here.status] == [202, 429, 429]
+    assert calls_after == calls_before
+    assert refused_body["type"] == "urn:rankstream:problem:rate-limited"
+    # A token takes 60 s to refill; the requests refilled up to elapsed_ms of it.
+    assert math.ceil((60_000 - elapsed_ms) / 1000) <= int(refused_here.headers["Retry-After"]) <= 60
+    assert await redis_client.xlen(Names(settings.namespace).events_stream) == 1
+
+
+async def test_take_remembers_emptied_bucket(settings: Settings, redis_client) -> None:
+    """A take that leaves less than one token makes the next take a refusal without a round trip."""
+    limiter = RateLimiter(redis_client, Names(settings.namespace), per_minute=6, burst_requests=1)
+    first = await limiter.take("key:9")
+    calls_after_first = limiter.batcher.calls_sent
+    second = await limiter.take("key:9")
+    peeked = await limiter.take("key:9", cost=0)
+
+    assert (first.allowed, first.remaining) == (True, 0)
+    assert calls_after_first == 1
+    assert limiter.batcher.calls_sent == 1
+    assert second.allowed is False
+    assert 9_000 < second.retry_after_ms <= 10_000
+    assert peeked.allowed is False
+    assert peeked.retry_after_ms <= second.retry_after_ms

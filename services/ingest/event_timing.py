@@ -19,8 +19,8 @@ def timing_error(event: ScoreEvent, boards: BoardRegistry, now: datetime, period
     An event counts on a board until its period's end plus the board's late
     grace. It is rejected only when it is too late for every board of its
     metric. A board whose period has closed leaves it out, because the ranker
-    checks the same rule with the event's ``received_at``. Pass one
-    ``periods`` lookup for the events of one request, so each finds its
+    checks the same rule with the event's ``received_at``. Pass a
+    ``periods`` lookup that is kept between calls, so each event finds its
     period by comparison with the last one found.
     """
     if event.occurred_at - now > timedelta(seconds=MAX_FUTURE_S):

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 import msgspec
 import structlog
 
@@ -17,7 +18,7 @@ from services.ingest.auth import require_poster
 from services.ingest.decode import BodyError, Item, Rejection, decode_events
 from services.ingest.event_timing import check_timing
 from services.ingest.problems import problem
-from services.ingest.rate_limit import Bucket
+from services.ingest.rate_limit import Bucket, RateLimited
 from services.ingest.security import SECURITY_KEY
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
@@ -26,7 +27,8 @@ from shared.schema import EventResult, ScoreEvent
 
 log = structlog.get_logger(__name__)
 # The standard library logger under ``log``. It answers isEnabledFor from a
-# cache, where a filtered structlog call still cost about 3 microseconds.
+# cache, where a filtered structlog call took about 3 microseconds when
+# measured on a two-core development machine.
 _stdlib_log = logging.getLogger(__name__)
 
 
@@ -84,25 +86,35 @@ async def post_events(request: web.Request) -> web.Response:
     # in the append's own script call, and one refused before takes it here, so
     # a request on an empty bucket gets 429 whatever else is wrong with it.
     subject = f"key:{key.id}"
-    body = await request.read()
+    limiter = security.rate_limiter
+    # A bucket this process saw empty refuses before the body is read.
+    limiter.refuse_known_empty(subject)
+    try:
+        body = await request.read()
+    except (RequestPayloadError, web.HTTPRequestEntityTooLarge):
+        await limiter.check(subject)
+        raise
     try:
         items = decode_events(body, state.boards, security.rules, state.clock(), security.max_events_per_request)
     except BodyError as error:
-        await security.rate_limiter.check(subject)
+        await limiter.check(subject)
         return problem(error.status, error.slug, error.title, error.detail)
 
     # Device keys may only post for their own athlete.
     if key.kind is KeyKind.DEVICE:
         for item in items:
             if isinstance(item, ScoreEvent) and item.user_id != key.user_id:
-                await security.rate_limiter.check(subject)
+                await limiter.check(subject)
                 return problem(
                     403, "forbidden-user", "Forbidden",
                     f"this device key may post only for user_id {key.user_id!r}, not {item.user_id!r}",
                 )
 
     try:
-        results = await append_items(state, items, security.rate_limiter.bucket(subject))
+        results = await append_items(state, items, limiter.bucket(subject))
+    except RateLimited as error:
+        limiter.note_empty(subject, error.allowance.retry_after_ms)
+        raise
     except (AppendUnavailable, RedisConnectionError, RedisTimeoutError) as error:
         return unavailable_problem(error, state, key.id)
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}

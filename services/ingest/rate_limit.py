@@ -24,6 +24,9 @@ RATE_LIMIT_SCRIPT = TAKE_TOKENS_LUA + _SCRIPTS.joinpath("rate_limit.lua").read_t
 
 # While Redis is unreachable, one warning per this many seconds is enough.
 _OUTAGE_LOG_INTERVAL_S = 10.0
+# Subjects a process remembers as empty; the map is cleared when full, which
+# only costs round trips, so a flood of subjects cannot grow memory.
+MAX_EMPTY_SUBJECTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,12 @@ class RateLimiter:
     ``per_minute`` of 0 turns limiting off. When Redis does not reply the
     request is let through: the events it carries cannot be stored then
     anyway, and admin calls keep working during a Redis outage.
+
+    A reply that shows a bucket without a whole token also says when one is
+    back, and only time adds tokens. Until then the limiter refuses that
+    subject without asking Redis, so a client over its limit costs a
+    dictionary lookup. The instant is counted from the reply's arrival, so a
+    refusal may outlast the server's by up to one round trip.
     """
 
     def __init__(
@@ -80,12 +89,37 @@ class RateLimiter:
         # Limiters of one process share a batcher, so their checks share round trips.
         self.batcher = batcher if batcher is not None else CommandBatcher(client)
         self._outage_logged_at = -math.inf
+        # subject -> time.monotonic() at which its bucket has a whole token again
+        self._empty_until: dict[str, float] = {}
 
     def bucket(self, subject: str) -> Bucket | None:
         """Return ``subject``'s bucket, or None when limiting is off."""
         if self.per_minute == 0:
             return None
         return Bucket(self.names.rate_limit_bucket(subject), self.burst_requests, self.per_minute)
+
+    def known_empty(self, subject: str) -> Allowance | None:
+        """Return the refusal for ``subject`` while a reply seen earlier says its bucket has no whole token; no I/O."""
+        until = self._empty_until.get(subject)
+        if until is None:
+            return None
+        wait_ms = math.ceil((until - time.monotonic()) * 1000)
+        if wait_ms <= 0:
+            del self._empty_until[subject]
+            return None
+        return Allowance(False, wait_ms, 0)
+
+    def note_empty(self, subject: str, wait_ms: int) -> None:
+        """Remember that ``subject``'s bucket has no whole token for the next ``wait_ms``."""
+        if len(self._empty_until) >= MAX_EMPTY_SUBJECTS:
+            self._empty_until.clear()
+        self._empty_until[subject] = time.monotonic() + wait_ms / 1000
+
+    def refuse_known_empty(self, subject: str) -> None:
+        """Raise RateLimited, without a round trip, while :meth:`known_empty` returns a refusal."""
+        refusal = self.known_empty(subject)
+        if refusal is not None:
+            raise RateLimited(refusal, self.per_minute)
 
     async def take(self, subject: str, cost: int = 1) -> Allowance:
         """Take ``cost`` tokens from ``subject``'s bucket; return whether the request may go on.
@@ -95,6 +129,9 @@ class RateLimiter:
         """
         if self.per_minute == 0:
             return Allowance(True, 0, self.burst_requests)
+        refusal = self.known_empty(subject) if cost <= 1 else None
+        if refusal is not None:
+            return refusal
         try:
             reply = await self.batcher.call(self.script, [self.names.rate_limit_bucket(subject)], [self.burst_requests, self.per_minute, cost])
         except (RedisConnectionError, RedisTimeoutError) as error:
@@ -106,6 +143,8 @@ class RateLimiter:
         if isinstance(reply.value, Exception):
             raise reply.value
         allowed, wait_ms, remaining, wait_one_ms = reply.value
+        if int(wait_one_ms) > 0:
+            self.note_empty(subject, int(wait_one_ms))
         if cost == 0:
             return Allowance(int(remaining) >= 1, int(wait_one_ms), int(remaining))
         return Allowance(bool(allowed), int(wait_ms), int(remaining))
