@@ -19,6 +19,7 @@ import pytest
 import services.ingest.auth
 import shared.api_keys
 from services.ingest.auth import AuthError, Authenticator
+from services.ingest.security import SECURITY_KEY
 from shared.api_keys import KeyKind, create_key, hash_key, revoke_key
 from shared.database import create_pool
 from shared.settings import Settings
@@ -313,3 +314,22 @@ async def test_concurrent_requests_share_one_lookup(settings: Settings, db: asyn
     assert counting.queries == 2
     assert [type(error) for error in unknown] == [AuthError, AuthError, AuthError]
     assert authenticator._lookups == {}
+
+
+async def test_reads_with_a_key_skip_the_address_check(settings: Settings, redis_client) -> None:
+    """From an address out of failures, a read that sends a key gets 200 without asking Redis, and a write gets 429."""
+    limited = replace(settings, auth_failures_per_minute=1, auth_failure_burst=1)
+    key = await new_key(settings)
+    async with ingest_client(limited) as http:
+        limiter = http.app[SECURITY_KEY].auth_failures.limiter
+        failure = await http.post("/v1/events", json=[event("g1")], headers=bearer("rsk_guess"))
+        calls_before_read = limiter.batcher.calls_sent
+        read = await http.get("/v1/boards", headers=bearer(key))
+        calls_after_read = limiter.batcher.calls_sent
+        write = await http.post("/v1/events", json=[event("g2")], headers=bearer(key))
+
+    assert failure.status == 401
+    assert read.status == 200
+    assert calls_after_read == calls_before_read
+    assert write.status == 429
+    assert await stream_length(redis_client, settings) == 0

@@ -214,3 +214,12 @@ async def test_take_remembers_emptied_bucket(settings: Settings, redis_client) -
     assert 9_000 < second.retry_after_ms <= 10_000
     assert peeked.allowed is False
     assert peeked.retry_after_ms <= second.retry_after_ms
+
+
+async def test_peek_writes_nothing(settings: Settings, redis_client) -> None:
+    """A take of cost 0 reports a full bucket and leaves no bucket key behind."""
+    limiter = RateLimiter(redis_client, Names(settings.namespace), per_minute=6, burst_requests=3)
+    peeked = await limiter.take("authfail:127.0.0.1", cost=0)
+
+    assert (peeked.allowed, peeked.remaining) == (True, 3)
+    assert await redis_client.exists(Names(settings.namespace).rate_limit_bucket("authfail:127.0.0.1")) == 0

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from services.ingest.auth import AuthError, require_admin
 from services.ingest.problems import problem
-from services.ingest.security import SECURITY_KEY
+from services.ingest.security import SECURITY_KEY, request_key
 from services.ingest.state import STATE_KEY, IngestState
 from shared import audit
 from shared.api_keys import ApiKey, InvalidKeyRequest, KeyKind, create_key, get_key, list_keys, revoke_key
@@ -67,7 +67,7 @@ async def authorise_admin(request: web.Request, action: str, *, audit_allowed: b
     caller writes a richer row itself and passes ``audit_allowed=False``.
     """
     state: IngestState = request.app[STATE_KEY]
-    key = await state.authenticator.authenticate(request.headers.get("Authorization"))
+    key = await request_key(request)
     actor = f"key:{key.id}"
     try:
         require_admin(key)

@@ -2,11 +2,12 @@
 
 Each 401 sent in response to a request that carried an ``Authorization`` header takes
 a token from the bucket of the client's address. While that bucket is empty,
-every request from the address that carries the header gets 429 before its
-key is looked up, so a guessed key cannot be confirmed either. The error
-middleware skips the check for a key this process verified within its cache
-time: that key is in use, not guessed. Requests without the header (the read
-API) are never counted or blocked.
+every request from the address whose handler checks a key gets 429 before the
+key is looked up, so a guessed key cannot be confirmed either.
+:func:`services.ingest.security.request_key` runs the check, and skips it for
+a key this process verified within its cache time: that key is in use, not
+guessed. The read API checks no key, so its requests are never counted or
+blocked.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from services.ingest.rate_limit import RateLimited, RateLimiter
 
 
 class AuthFailureLimit:
-    """Buckets of failed authentications per client address, taken from by the error middleware."""
+    """Buckets of failed authentications per client address: checked before a key is looked up, taken from on each 401."""
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.limiter = limiter

@@ -19,7 +19,7 @@ from services.ingest.decode import BodyError, Item, Rejection, decode_events
 from services.ingest.event_timing import check_timing
 from services.ingest.problems import problem
 from services.ingest.rate_limit import Bucket, RateLimited
-from services.ingest.security import SECURITY_KEY
+from services.ingest.security import SECURITY_KEY, request_key
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
 from shared.metrics import record_event_outcomes
@@ -80,7 +80,7 @@ def unavailable_problem(error: AppendUnavailable | RedisConnectionError | RedisT
 async def post_events(request: web.Request) -> web.Response:
     state: IngestState = request.app[STATE_KEY]
     security = request.app[SECURITY_KEY]
-    key = await state.authenticator.authenticate(request.headers.get("Authorization"))
+    key = await request_key(request)
     require_poster(key)
     # Every request costs one token. A request that reaches the append takes it
     # in the append's own script call, and one refused before takes it here, so

@@ -2,7 +2,7 @@
 -- token bucket, a hash with fields tokens and updated_ms. The rate-limit
 -- script and the append script both start with this function, so one call
 -- can take a request's token and append its events.
--- A cost of 0 only reads the bucket.
+-- A cost of 0 only reads the bucket and writes nothing.
 -- Returns {allowed (1 or 0), milliseconds until the request would be allowed,
 -- whole tokens left, milliseconds until at least one token is in the bucket}.
 -- Time comes from the server, so every ingest process shares one clock.
@@ -30,9 +30,13 @@ local function take_tokens(bucket, capacity, per_minute, cost)
     wait_one_ms = math.ceil((1 - tokens) * 60000 / per_minute)
   end
 
-  redis.call('HSET', bucket, 'tokens', tostring(tokens), 'updated_ms', now_ms)
-  -- A full bucket and a missing one mean the same, so let idle buckets expire.
-  redis.call('PEXPIRE', bucket, math.ceil(capacity * 60000 / per_minute) + 1000)
+  -- Refilling is a function of time alone, so a read that takes nothing
+  -- writes nothing: the stored state still gives the same tokens later.
+  if cost > 0 then
+    redis.call('HSET', bucket, 'tokens', tostring(tokens), 'updated_ms', now_ms)
+    -- A full bucket and a missing one mean the same, so let idle buckets expire.
+    redis.call('PEXPIRE', bucket, math.ceil(capacity * 60000 / per_minute) + 1000)
+  end
   return {allowed, wait_ms, math.floor(tokens), wait_one_ms}
 end
 

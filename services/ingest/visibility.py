@@ -17,6 +17,7 @@ from aiohttp import web
 from services.ingest.admin_keys import authorise_admin
 from services.ingest.auth import AuthError
 from services.ingest.problems import problem
+from services.ingest.security import request_key
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
 from shared.schema import IdString
@@ -97,8 +98,7 @@ async def get_hidden(request: web.Request) -> web.Response:
 
 
 async def _authorise_athlete(request: web.Request, user_id: str) -> None:
-    state: IngestState = request.app[STATE_KEY]
-    key = await state.authenticator.authenticate(request.headers.get("Authorization"))
+    key = await request_key(request)
     if key.kind is KeyKind.DEVICE and key.user_id != user_id:
         raise AuthError(403, f"this device key may change only user_id {key.user_id!r}, not {user_id!r}")
 

@@ -23,7 +23,7 @@ from services.ingest.auth import AuthError, require_poster
 from services.ingest.decode import check_item
 from services.ingest.events import append_items, unavailable_problem
 from services.ingest.problems import problem
-from services.ingest.security import SECURITY_KEY
+from services.ingest.security import SECURITY_KEY, request_key
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import ApiKey, KeyKind
 from shared.schema import IdString, ScoreEvent
@@ -140,7 +140,7 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
     # Authenticate, authorise and rate-limit exactly as POST /v1/events does.
     security = request.app[SECURITY_KEY]
     limits = request.app[UPLOAD_LIMITS_KEY]
-    key = await state.authenticator.authenticate(request.headers.get("Authorization"))
+    key = await request_key(request)
     require_poster(key)
     await security.rate_limiter.check(f"key:{key.id}")
     user_id = athlete_of(key, request.query.get("user_id"))
