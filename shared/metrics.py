@@ -10,8 +10,10 @@ only what it does itself, plus the shared Redis snapshot.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
@@ -121,9 +123,20 @@ def record_event_outcomes(results: Iterable) -> None:
             reason = rejection_reason(result.field or "")
             reasons[reason] = reasons.get(reason, 0) + 1
     for outcome, count in outcomes.items():
-        INGEST_EVENTS.labels(outcome=outcome).inc(count)
+        _outcome_counter(outcome).inc(count)
     for reason, count in reasons.items():
-        INGEST_REJECTIONS.labels(reason=reason).inc(count)
+        _rejection_counter(reason).inc(count)
+
+
+# labels() takes a lock and a lookup per call; outcomes and reasons are a few fixed names.
+@functools.lru_cache(maxsize=64)
+def _outcome_counter(outcome: str) -> Any:
+    return INGEST_EVENTS.labels(outcome=outcome)
+
+
+@functools.lru_cache(maxsize=64)
+def _rejection_counter(reason: str) -> Any:
+    return INGEST_REJECTIONS.labels(reason=reason)
 
 
 # -- values sampled from Redis -----------------------------------------------------

@@ -109,16 +109,18 @@ class Authenticator:
             # Retrieve the error, so asyncio does not report it as unhandled when every caller was cancelled.
             lookup.exception()
 
-    def verified(self, header: str | None) -> bool:
-        """Return whether ``header`` carries a key this process looked up and found usable within the cache time."""
+    def verified(self, header: str | None) -> ApiKey | None:
+        """Return the key ``header`` carries if this process looked it up and found it usable within the cache time, else None."""
         if not header:
-            return False
+            return None
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > MAX_KEY_CHARACTERS:
-            return False
+            return None
         cached = self._cache.get(hash_key(token))
-        return cached is not None and cached[0] > time.monotonic() and cached[1].usable_at(self.clock())
+        if cached is None or cached[0] <= time.monotonic() or not cached[1].usable_at(self.clock()):
+            return None
+        return cached[1]
 
     def forget(self) -> None:
         """Drop every cached lookup, so a revocation made by this process applies at once."""

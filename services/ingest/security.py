@@ -36,6 +36,8 @@ async def request_key(request: web.Request) -> ApiKey:
     """
     header = request.headers.get("Authorization")
     authenticator = request.app[STATE_KEY].authenticator
-    if not authenticator.verified(header):
-        await request.app[SECURITY_KEY].auth_failures.check(request)
+    key = authenticator.verified(header)
+    if key is not None:
+        return key
+    await request.app[SECURITY_KEY].auth_failures.check(request)
     return await authenticator.authenticate(header)
