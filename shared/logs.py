@@ -28,7 +28,9 @@ def configure_logging(level: str = "info", log_format: str = "auto", service: st
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if service is not None:
-        structlog.contextvars.bind_contextvars(service=service)
+        # A processor, not a context variable: handlers clear the context at
+        # the start of each request or connection, which would drop it.
+        shared_processors.append(_ServiceName(service))
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         # filter_by_level drops records below the level before any processor runs, so
@@ -54,3 +56,14 @@ def configure_logging(level: str = "info", log_format: str = "auto", service: st
     root.setLevel(_LEVELS[level])
     # aiohttp's access log repeats what our request log records.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class _ServiceName:
+    """Add ``service`` to every record that does not name one."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def __call__(self, _logger: object, _method: str, event_dict: dict) -> dict:
+        event_dict.setdefault("service", self.service)
+        return event_dict
