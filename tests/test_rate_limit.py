@@ -7,7 +7,16 @@ import math
 import time
 from dataclasses import replace
 
+import redis.asyncio as redis
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from services.ingest.app import create_app
 from shared.api_keys import KeyKind
+from shared.boards import BoardRegistry, load_boards
+from shared.database import create_pool
+from shared.embedded import free_port
 from shared.names import Names
 from shared.settings import Settings
 from services.ingest.rate_limit import RateLimiter
@@ -104,12 +113,6 @@ async def test_zero_rate_turns_limiting_off(settings: Settings, redis_client) ->
 
 async def test_unreachable_redis_lets_requests_through(settings: Settings) -> None:
     """With Redis unreachable the limiter lets the request through instead of failing it."""
-    import redis.asyncio as redis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    from shared.embedded import free_port
-
     # No retries, so the refused connection fails at once.
     client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0), socket_connect_timeout=2)
     try:
@@ -223,3 +226,27 @@ async def test_peek_writes_nothing(settings: Settings, redis_client) -> None:
 
     assert (peeked.allowed, peeked.remaining) == (True, 3)
     assert await redis_client.exists(Names(settings.namespace).rate_limit_bucket("authfail:127.0.0.1")) == 0
+
+
+async def test_rejections_answered_while_redis_is_down(settings: Settings) -> None:
+    """With Redis unreachable, a request of invalid events still gets its rejections, and a valid event gets 503."""
+    # No retries, so each refused connection fails at once.
+    client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0), socket_connect_timeout=2)
+    pool = await create_pool(settings.database_url, max_size=2)
+    app = create_app(settings, client, pool, BoardRegistry(load_boards(settings.boards_file)))
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as http:
+            invalid = await http.post("/v1/events", json=[{**event("r1"), "value": -5}], headers=headers)
+            invalid_body = await invalid.json(content_type=None)
+            valid = await http.post("/v1/events", json=[event("r2")], headers=headers)
+            valid_body = await valid.json(content_type=None)
+    finally:
+        await pool.close()
+        await client.aclose()
+
+    assert invalid.status == 200
+    assert [(result["event_id"], result["status"], result["field"]) for result in invalid_body["results"]] == [("r1", "rejected", "value")]
+    assert valid.status == 503
+    assert valid_body["type"] == "urn:rankstream:problem:store-unavailable"

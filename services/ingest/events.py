@@ -110,8 +110,14 @@ async def post_events(request: web.Request) -> web.Response:
                     f"this device key may post only for user_id {key.user_id!r}, not {item.user_id!r}",
                 )
 
+    # A request with no valid event takes its token on its own, so a Redis
+    # outage lets it through with its rejections, as the limiter does.
+    bucket = limiter.bucket(subject)
+    if not any(isinstance(item, ScoreEvent) for item in items):
+        await limiter.check(subject)
+        bucket = None
     try:
-        results = await append_items(state, items, limiter.bucket(subject))
+        results = await append_items(state, items, bucket)
     except RateLimited as error:
         limiter.note_empty(subject, error.allowance.retry_after_ms)
         raise
