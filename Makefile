@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 # Installs the bench extra (plotting, profilers) on top of the project, then runs the
-# whole benchmark against a fresh 'rankstream up': about ten minutes on two cores.
+# whole benchmark against a fresh 'rankstream up': five to six minutes on two cores.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[bench]'
 	$(BIN)/python -m bench

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -22,6 +24,8 @@ log = structlog.get_logger(__name__)
 SERVICES = ("ingest", "ranker", "persister", "gateway")
 STOP_TIMEOUT_S = 15.0
 RESTART_DELAY_S = 1.0
+# Starting the four services takes a few seconds; a fresh machine may take longer.
+READY_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -53,6 +57,42 @@ def _stop_children(children: list[Child]) -> None:
         log.info("service stopped", service=child.service, pid=child.process.pid, code=child.process.returncode)
 
 
+def _probe_url(host: str, port: int) -> str:
+    """Return the readiness URL of a server that listens on ``host``, as reached from this machine."""
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    return f"http://[{host}]:{port}/readyz" if ":" in host else f"http://{host}:{port}/readyz"
+
+
+# No proxy from the environment: the probes go to this machine's own services.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _ready(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def wait_until_ready(settings: Settings, timeout_s: float, give_up: Callable[[], bool]) -> bool:
+    """Poll the readiness probes of ingest and the gateway until both answer 200.
+
+    Return False after ``timeout_s`` or as soon as ``give_up()`` is true.
+    """
+    pending = [_probe_url(settings.http_host, settings.http_port), _probe_url(settings.ws_host, settings.ws_port)]
+    deadline = time.monotonic() + timeout_s
+    while not give_up():
+        pending = [url for url in pending if not _ready(url)]
+        if not pending:
+            return True
+        if time.monotonic() >= deadline:
+            log.warning("services not ready in time", not_ready=pending, timeout_s=timeout_s)
+            return False
+        time.sleep(0.1)
+    return False
+
+
 def print_banner(settings: Settings) -> None:
     http = f"http://{settings.http_host}:{settings.http_port}"
     ws = f"ws://{settings.ws_host}:{settings.ws_port}/v1/ws"
@@ -68,7 +108,7 @@ Create a key in another terminal (same directory, or the same RANKSTREAM_DATA_DI
   KEY=$(.venv/bin/rankstream keys create --name demo | tail -n 1)
 Post a first event:
   curl -X POST {http}/v1/events -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
-    -d '{{"event_id":"e1","user_id":"u1","metric":"pushups","value":25,"occurred_at":"'$(date -u +%Y-%m-%dT%H:%M:%SZ)'"}}'
+    -d '{{"event_id":"w-1","user_id":"ada","display_name":"Ada","metric":"pushups","value":25,"occurred_at":"'$(date -u +%Y-%m-%dT%H:%M:%SZ)'"}}'
 Press Ctrl-C to stop.
 """,
         flush=True,
@@ -121,7 +161,10 @@ def run_up(settings: Settings) -> int:
         )
         env = {**os.environ, "RANKSTREAM_REDIS_URL": redis_url, "RANKSTREAM_DATABASE_URL": database_url}
         children = [_spawn(service, env) for service in SERVICES]
-        print_banner(settings)
+        # The banner invites a first request, so it waits until ingest and the
+        # gateway take one. A service that exits meanwhile is restarted below.
+        if wait_until_ready(settings, READY_TIMEOUT_S, lambda: stop_requested or any(child.process.poll() is not None for child in children)):
+            print_banner(settings)
         while not stop_requested:
             time.sleep(0.2)
             for index, child in enumerate(children):

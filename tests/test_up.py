@@ -35,6 +35,10 @@ def up_env(tmp_path: Path, http_port: int, ws_port: int) -> dict[str, str]:
     return env
 
 
+async def banner_printed(log_path: Path) -> bool:
+    return "Rankstream is running." in log_path.read_text()
+
+
 async def test_up_stops_on_hangup(tmp_path: Path) -> None:
     """Closing the terminal (SIGHUP) stops the servers and services too."""
     http_port, ws_port = free_port(), free_port()
@@ -64,8 +68,12 @@ async def test_up_runs_and_stops_cleanly(tmp_path: Path) -> None:
     with open(log_path, "wb") as log:
         up = subprocess.Popen([sys.executable, "-m", "services", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        await wait_healthy(f"http://127.0.0.1:{http_port}/healthz", timeout_s=60)
-        await wait_healthy(f"http://127.0.0.1:{ws_port}/healthz", timeout_s=60)
+        await wait_for(lambda: banner_printed(log_path), timeout_s=60, what="the 'Rankstream is running.' banner")
+        # The banner comes only once both probes answer, so one request each must succeed now.
+        async with aiohttp.ClientSession() as http:
+            for port in (http_port, ws_port):
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    assert response.status == 200
         runtime = json.loads((data_dir / "runtime.json").read_text())
         assert runtime["pid"] == up.pid
         assert runtime["http_url"] == f"http://127.0.0.1:{http_port}"
