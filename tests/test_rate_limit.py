@@ -8,10 +8,13 @@ import time
 from dataclasses import replace
 
 import redis.asyncio as redis
+import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from structlog.testing import capture_logs
 
+from services.ingest import app as ingest_app
 from services.ingest.app import create_app
 from shared.api_keys import KeyKind
 from shared.boards import BoardRegistry, load_boards
@@ -250,3 +253,20 @@ async def test_rejections_answered_while_redis_is_down(settings: Settings) -> No
     assert [(result["event_id"], result["status"], result["field"]) for result in invalid_body["results"]] == [("r1", "rejected", "value")]
     assert valid.status == 503
     assert valid_body["type"] == "urn:rankstream:problem:store-unavailable"
+
+
+async def test_remembered_refusals_logged_at_debug(settings: Settings, redis_client, monkeypatch) -> None:
+    """The refusal that found the bucket empty is logged at info, the refusals answered from memory at debug."""
+    # A module logger used before another test reconfigured structlog keeps
+    # the old processors, which capture_logs does not replace. A new one does.
+    monkeypatch.setattr(ingest_app, "log", structlog.get_logger(ingest_app.__name__))
+    limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=1)
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with ingest_client(limited) as http:
+        with capture_logs() as logs:
+            statuses = [(await http.post("/v1/events", json=[event(f"l{i}")], headers=headers)).status for i in range(4)]
+
+    limited_levels = [entry["log_level"] for entry in logs if entry["event"] == "request rate limited"]
+    assert statuses == [202, 429, 429, 429]
+    assert limited_levels == ["info", "debug", "debug"]

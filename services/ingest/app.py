@@ -69,7 +69,13 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         log.info("request not authorised", status=error.status)
         response = problem(error.status, "unauthorized" if error.status == 401 else "forbidden", title, error.detail, headers=headers)
     except RateLimited as error:
-        log.info("request rate limited", retry_after_ms=error.allowance.retry_after_ms)
+        # One line at info when Redis finds the bucket empty; the refusals this
+        # process then answers from memory go to debug, so a client that keeps
+        # sending while limited cannot flood the log.
+        if error.allowance.remembered:
+            log.debug("request rate limited", retry_after_ms=error.allowance.retry_after_ms)
+        else:
+            log.info("request rate limited", retry_after_ms=error.allowance.retry_after_ms)
         response = problem(
             429, "rate-limited", "Too many requests", error.detail, headers={"Retry-After": str(error.allowance.retry_after_s)}
         )

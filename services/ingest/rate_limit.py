@@ -36,6 +36,8 @@ class Allowance:
     allowed: bool
     retry_after_ms: int
     remaining: int
+    # True when the limiter answered from a bucket it remembers as empty, without Redis.
+    remembered: bool = False
 
     @property
     def retry_after_s(self) -> int:
@@ -107,7 +109,7 @@ class RateLimiter:
         if wait_ms <= 0:
             del self._empty_until[subject]
             return None
-        return Allowance(False, wait_ms, 0)
+        return Allowance(False, wait_ms, 0, remembered=True)
 
     def note_empty(self, subject: str, wait_ms: int) -> None:
         """Remember that ``subject``'s bucket has no whole token for the next ``wait_ms``."""
