@@ -232,7 +232,7 @@ async def test_peek_writes_nothing(settings: Settings, redis_client) -> None:
 
 
 async def test_rejections_answered_while_redis_is_down(settings: Settings) -> None:
-    """With Redis unreachable, a request of invalid events still gets its rejections, and a valid event gets 503."""
+    """With Redis unreachable, invalid and too-late events still get their rejections, and a valid event gets 503."""
     # No retries, so each refused connection fails at once.
     client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0), socket_connect_timeout=2)
     pool = await create_pool(settings.database_url, max_size=2)
@@ -243,6 +243,8 @@ async def test_rejections_answered_while_redis_is_down(settings: Settings) -> No
         async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as http:
             invalid = await http.post("/v1/events", json=[{**event("r1"), "value": -5}], headers=headers)
             invalid_body = await invalid.json(content_type=None)
+            too_late = await http.post("/v1/events", json=[{**event("r0"), "occurred_at": "2020-01-01T10:00:00Z"}], headers=headers)
+            too_late_body = await too_late.json(content_type=None)
             valid = await http.post("/v1/events", json=[event("r2")], headers=headers)
             valid_body = await valid.json(content_type=None)
     finally:
@@ -251,6 +253,8 @@ async def test_rejections_answered_while_redis_is_down(settings: Settings) -> No
 
     assert invalid.status == 200
     assert [(result["event_id"], result["status"], result["field"]) for result in invalid_body["results"]] == [("r1", "rejected", "value")]
+    assert too_late.status == 200
+    assert [(result["event_id"], result["status"], result["field"]) for result in too_late_body["results"]] == [("r0", "rejected", "occurred_at")]
     assert valid.status == 503
     assert valid_body["type"] == "urn:rankstream:problem:store-unavailable"
 
@@ -270,3 +274,49 @@ async def test_remembered_refusals_logged_at_debug(settings: Settings, redis_cli
     limited_levels = [entry["log_level"] for entry in logs if entry["event"] == "request rate limited"]
     assert statuses == [202, 429, 429, 429]
     assert limited_levels == ["info", "debug", "debug"]
+
+
+async def test_first_refusal_from_memory_is_reported(settings: Settings, redis_client) -> None:
+    """After a take that emptied the bucket, the first refusal from memory is not marked remembered, the next is."""
+    limiter = RateLimiter(redis_client, Names(settings.namespace), per_minute=6, burst_requests=1)
+    taken = await limiter.take("key:5")
+    first_refusal = await limiter.take("key:5")
+    second_refusal = await limiter.take("key:5")
+
+    assert taken.allowed is True
+    assert (first_refusal.allowed, first_refusal.remembered) == (False, False)
+    assert (second_refusal.allowed, second_refusal.remembered) == (False, True)
+    assert limiter.batcher.calls_sent == 1
+
+
+async def test_remembered_wait_counts_from_the_send(settings: Settings, redis_client) -> None:
+    """A wait learned from a call sent 0.9 s ago has at most 0.1 s left, and none once it has passed."""
+    limiter = RateLimiter(redis_client, Names(settings.namespace), per_minute=6, burst_requests=1)
+    limiter.note_empty("key:6", 1000, time.monotonic() - 0.9, refused=True)
+    limiter.note_empty("key:7", 1000, time.monotonic() - 1.5, refused=True)
+    refusal = limiter.known_empty("key:6")
+
+    assert refusal is not None
+    assert 0 < refusal.retry_after_ms <= 100
+    assert limiter.known_empty("key:7") is None
+
+
+async def test_known_empty_key_answered_before_the_body(settings: Settings, redis_client) -> None:
+    """A request on a bucket known empty gets 429 while its announced body has not been sent at all."""
+    limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=1)
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with ingest_client(limited) as http:
+        statuses = [(await http.post("/v1/events", json=[event(f"b{i}")], headers=headers)).status for i in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+        writer.write(
+            f"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n".encode()
+        )
+        await writer.drain()
+        # Without the early refusal the server would wait for the 100,000 bytes and this read would time out.
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+        writer.close()
+
+    assert statuses == [202, 429]
+    assert status_line.startswith(b"HTTP/1.1 429 ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -18,7 +19,7 @@ from services.ingest.auth import require_poster
 from services.ingest.decode import BodyError, Item, Rejection, decode_events
 from services.ingest.event_timing import check_timing
 from services.ingest.problems import problem
-from services.ingest.rate_limit import Bucket, RateLimited
+from services.ingest.rate_limit import RateLimited, RateLimiter
 from services.ingest.security import SECURITY_KEY, request_key
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
@@ -43,18 +44,36 @@ def _result_of(event: ScoreEvent, outcome: str) -> EventResult:
     return EventResult(event_id=event.event_id, status="accepted", stream_id=outcome)
 
 
-async def append_items(state: IngestState, items: Sequence[Item], bucket: Bucket | None = None) -> list[EventResult]:
+async def append_items(
+    state: IngestState, items: Sequence[Item], limiter: RateLimiter | None = None, subject: str = ""
+) -> list[EventResult]:
     """Append the valid events of ``items`` in one script call; return one result per item, in order.
 
-    With a ``bucket`` the same call takes the request's rate-limit token, and
-    RateLimited is raised, with nothing appended, when the bucket is empty.
+    With a ``limiter`` the request also takes ``subject``'s token: in the same
+    call when it has events to append, and RateLimited is raised, with nothing
+    appended, when the bucket is empty. A request without a valid event takes
+    it through the limiter, which lets it through during a Redis outage, so
+    its rejections are still answered.
     """
     # One instant for the timing check and received_at, so the ranker's late
     # check on received_at agrees with what ingest reported.
     now = state.clock()
     items = check_timing(items, state.boards, now, state.periods)
     events = [item for item in items if isinstance(item, ScoreEvent)]
-    outcomes = iter(await state.appender.append(events, now, bucket))
+    bucket = None
+    if limiter is not None:
+        if events:
+            bucket = limiter.bucket(subject)
+        else:
+            await limiter.check(subject)
+    sent_at = time.monotonic()
+    try:
+        appended = await state.appender.append(events, now, bucket)
+    except RateLimited as error:
+        assert limiter is not None, "only a call with a bucket is refused"
+        limiter.note_empty(subject, error.allowance.retry_after_ms, sent_at, refused=True)
+        raise
+    outcomes = iter(appended)
     results: list[EventResult] = []
     for item in items:
         if isinstance(item, Rejection):
@@ -110,17 +129,8 @@ async def post_events(request: web.Request) -> web.Response:
                     f"this device key may post only for user_id {key.user_id!r}, not {item.user_id!r}",
                 )
 
-    # A request with no valid event takes its token on its own, so a Redis
-    # outage lets it through with its rejections, as the limiter does.
-    bucket = limiter.bucket(subject)
-    if not any(isinstance(item, ScoreEvent) for item in items):
-        await limiter.check(subject)
-        bucket = None
     try:
-        results = await append_items(state, items, bucket)
-    except RateLimited as error:
-        limiter.note_empty(subject, error.allowance.retry_after_ms)
-        raise
+        results = await append_items(state, items, limiter, subject)
     except (AppendUnavailable, RedisConnectionError, RedisTimeoutError) as error:
         return unavailable_problem(error, state, key.id)
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}

@@ -77,8 +77,9 @@ class RateLimiter:
     A reply that shows a bucket without a whole token also says when one is
     back, and only time adds tokens. Until then the limiter refuses that
     subject without asking Redis, so a client over its limit costs a
-    dictionary lookup. The instant is counted from the reply's arrival, so a
-    refusal may outlast the server's by up to one round trip.
+    dictionary lookup. The wait is counted from when the call was sent,
+    before the server ran it, so a refusal from memory never outlasts the
+    server's; a request just after it is asked of Redis again.
     """
 
     def __init__(
@@ -91,8 +92,9 @@ class RateLimiter:
         # Limiters of one process share a batcher, so their checks share round trips.
         self.batcher = batcher if batcher is not None else CommandBatcher(client)
         self._outage_logged_at = -math.inf
-        # subject -> time.monotonic() at which its bucket has a whole token again
-        self._empty_until: dict[str, float] = {}
+        # subject -> (time.monotonic() at which its bucket has a whole token
+        # again, whether a refusal of this empty spell was logged at info)
+        self._empty_until: dict[str, tuple[float, bool]] = {}
 
     def bucket(self, subject: str) -> Bucket | None:
         """Return ``subject``'s bucket, or None when limiting is off."""
@@ -101,21 +103,32 @@ class RateLimiter:
         return Bucket(self.names.rate_limit_bucket(subject), self.burst_requests, self.per_minute)
 
     def known_empty(self, subject: str) -> Allowance | None:
-        """Return the refusal for ``subject`` while a reply seen earlier says its bucket has no whole token; no I/O."""
-        until = self._empty_until.get(subject)
-        if until is None:
+        """Return the refusal for ``subject`` while a reply seen earlier says its bucket has no whole token; no I/O.
+
+        The refusal is ``remembered`` unless it is the first of its empty spell
+        that no Redis reply refused, which the caller should log like one.
+        """
+        empty = self._empty_until.get(subject)
+        if empty is None:
             return None
+        until, reported = empty
         wait_ms = math.ceil((until - time.monotonic()) * 1000)
         if wait_ms <= 0:
             del self._empty_until[subject]
             return None
-        return Allowance(False, wait_ms, 0, remembered=True)
+        if not reported:
+            self._empty_until[subject] = (until, True)
+        return Allowance(False, wait_ms, 0, remembered=reported)
 
-    def note_empty(self, subject: str, wait_ms: int) -> None:
-        """Remember that ``subject``'s bucket has no whole token for the next ``wait_ms``."""
+    def note_empty(self, subject: str, wait_ms: int, sent_at: float, *, refused: bool) -> None:
+        """Remember that ``subject``'s bucket had no whole token for ``wait_ms`` after ``sent_at``.
+
+        ``sent_at`` is the ``time.monotonic()`` at which the call that learned
+        it was sent, and ``refused`` says whether that call was itself refused.
+        """
         if len(self._empty_until) >= MAX_EMPTY_SUBJECTS:
             self._empty_until.clear()
-        self._empty_until[subject] = time.monotonic() + wait_ms / 1000
+        self._empty_until[subject] = (sent_at + wait_ms / 1000, refused)
 
     def refuse_known_empty(self, subject: str) -> None:
         """Raise RateLimited, without a round trip, while :meth:`known_empty` returns a refusal."""
@@ -134,6 +147,7 @@ class RateLimiter:
         refusal = self.known_empty(subject) if cost <= 1 else None
         if refusal is not None:
             return refusal
+        sent_at = time.monotonic()
         try:
             reply = await self.batcher.call(self.script, [self.names.rate_limit_bucket(subject)], [self.burst_requests, self.per_minute, cost])
         except (RedisConnectionError, RedisTimeoutError) as error:
@@ -145,11 +159,10 @@ class RateLimiter:
         if isinstance(reply.value, Exception):
             raise reply.value
         allowed, wait_ms, remaining, wait_one_ms = reply.value
+        allowance = Allowance(int(remaining) >= 1, int(wait_one_ms), int(remaining)) if cost == 0 else Allowance(bool(allowed), int(wait_ms), int(remaining))
         if int(wait_one_ms) > 0:
-            self.note_empty(subject, int(wait_one_ms))
-        if cost == 0:
-            return Allowance(int(remaining) >= 1, int(wait_one_ms), int(remaining))
-        return Allowance(bool(allowed), int(wait_ms), int(remaining))
+            self.note_empty(subject, int(wait_one_ms), sent_at, refused=not allowance.allowed)
+        return allowance
 
     async def check(self, subject: str) -> Allowance:
         """Take one token; raise RateLimited when the bucket is empty."""
