@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -37,7 +38,7 @@ class Child:
 
 def _spawn(service: str, env: dict[str, str]) -> Child:
     process = subprocess.Popen([sys.executable, "-m", "services", service], env=env, start_new_session=True)
-    log.info("service started", service=service, pid=process.pid)
+    log.info("service started", child=service, pid=process.pid)
     return Child(service, process)
 
 
@@ -51,10 +52,10 @@ def _stop_children(children: list[Child]) -> None:
         try:
             child.process.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
-            log.warning("service did not stop in time, killing it", service=child.service, pid=child.process.pid)
+            log.warning("service did not stop in time, killing it", child=child.service, pid=child.process.pid)
             child.process.kill()
             child.process.wait(timeout=5)
-        log.info("service stopped", service=child.service, pid=child.process.pid, code=child.process.returncode)
+        log.info("service stopped", child=child.service, pid=child.process.pid, code=child.process.returncode)
 
 
 def _probe_url(host: str, port: int) -> str:
@@ -71,26 +72,14 @@ def _ready(url: str) -> bool:
     try:
         with _DIRECT.open(url, timeout=1) as response:
             return response.status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):
+        # Refused, timed out, an error status, or something that is not HTTP on the port.
         return False
 
 
-def wait_until_ready(settings: Settings, timeout_s: float, give_up: Callable[[], bool]) -> bool:
-    """Poll the readiness probes of ingest and the gateway until both answer 200.
-
-    Return False after ``timeout_s`` or as soon as ``give_up()`` is true.
-    """
-    pending = [_probe_url(settings.http_host, settings.http_port), _probe_url(settings.ws_host, settings.ws_port)]
-    deadline = time.monotonic() + timeout_s
-    while not give_up():
-        pending = [url for url in pending if not _ready(url)]
-        if not pending:
-            return True
-        if time.monotonic() >= deadline:
-            log.warning("services not ready in time", not_ready=pending, timeout_s=timeout_s)
-            return False
-        time.sleep(0.1)
-    return False
+def services_ready(settings: Settings) -> bool:
+    """Return whether the readiness probes of ingest and the gateway both answer 200 now."""
+    return all(_ready(_probe_url(host, port)) for host, port in ((settings.http_host, settings.http_port), (settings.ws_host, settings.ws_port)))
 
 
 def print_banner(settings: Settings) -> None:
@@ -162,16 +151,22 @@ def run_up(settings: Settings) -> int:
         env = {**os.environ, "RANKSTREAM_REDIS_URL": redis_url, "RANKSTREAM_DATABASE_URL": database_url}
         children = [_spawn(service, env) for service in SERVICES]
         # The banner invites a first request, so it waits until ingest and the
-        # gateway take one. A service that exits meanwhile is restarted below.
-        if wait_until_ready(settings, READY_TIMEOUT_S, lambda: stop_requested or any(child.process.poll() is not None for child in children)):
-            print_banner(settings)
+        # gateway take one, even when a service had to be restarted first.
+        banner_shown = False
+        ready_by = time.monotonic() + READY_TIMEOUT_S
         while not stop_requested:
             time.sleep(0.2)
+            if not banner_shown and services_ready(settings):
+                print_banner(settings)
+                banner_shown = True
+            elif not banner_shown and time.monotonic() > ready_by:
+                log.warning("services not ready yet, still waiting", waited_s=READY_TIMEOUT_S)
+                ready_by = math.inf
             for index, child in enumerate(children):
                 code = child.process.poll()
                 if code is None or stop_requested:
                     continue
-                log.error("service exited, restarting it", service=child.service, code=code, delay_s=RESTART_DELAY_S)
+                log.error("service exited, restarting it", child=child.service, code=code, delay_s=RESTART_DELAY_S)
                 time.sleep(RESTART_DELAY_S)
                 children[index] = _spawn(child.service, env)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -138,3 +139,39 @@ def test_up_server_failure_is_one_line(tmp_path: Path) -> None:
     assert last_line == f"rankstream: postgres exited with code 2; see {broken / 'postgres.log'}"
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data" / "runtime.json").exists()
+
+
+async def test_readiness_probe_of_up(tmp_path: Path) -> None:
+    """up's probe counts 200 as ready, and 503 or a listener that is not HTTP as not ready, without raising."""
+    from aiohttp import web
+
+    from services.supervisor import _probe_url, _ready
+
+    async def not_http(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-not-http\r\n")
+        await writer.drain()
+        writer.close()
+
+    statuses = {"/readyz": 200}
+
+    async def readyz(_request: web.Request) -> web.Response:
+        return web.Response(status=statuses["/readyz"])
+
+    app = web.Application()
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    http_port, other_port = free_port(), free_port()
+    await web.TCPSite(runner, "127.0.0.1", http_port).start()
+    garbage = await asyncio.start_server(not_http, "127.0.0.1", other_port)
+    try:
+        ready = await asyncio.to_thread(_ready, _probe_url("0.0.0.0", http_port))
+        statuses["/readyz"] = 503
+        not_ready = await asyncio.to_thread(_ready, _probe_url("0.0.0.0", http_port))
+        not_http_answer = await asyncio.to_thread(_ready, _probe_url("127.0.0.1", other_port))
+    finally:
+        garbage.close()
+        await garbage.wait_closed()
+        await runner.cleanup()
+
+    assert (ready, not_ready, not_http_answer) == (True, False, False)
