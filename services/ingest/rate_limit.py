@@ -159,7 +159,10 @@ class RateLimiter:
         if isinstance(reply.value, Exception):
             raise reply.value
         allowed, wait_ms, remaining, wait_one_ms = reply.value
-        allowance = Allowance(int(remaining) >= 1, int(wait_one_ms), int(remaining)) if cost == 0 else Allowance(bool(allowed), int(wait_ms), int(remaining))
+        if cost == 0:
+            allowance = Allowance(int(remaining) >= 1, int(wait_one_ms), int(remaining))
+        else:
+            allowance = Allowance(bool(allowed), int(wait_ms), int(remaining))
         if int(wait_one_ms) > 0:
             self.note_empty(subject, int(wait_one_ms), sent_at, refused=not allowance.allowed)
         return allowance
