@@ -221,3 +221,26 @@ async def test_info_log_only_with_rejections(
         ("events posted", "debug"),
     ]
     assert {name: posted[0][name] for name in ("accepted", "duplicate", "rejected", "conflict")} == {"accepted": 1, "duplicate": 0, "rejected": 1, "conflict": 0}
+
+
+async def test_event_late_for_one_board_names_it(settings: Settings, redis_client) -> None:
+    """An old run counts on the all-time board, and the response names the monthly board that leaves it out."""
+    key = await new_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    old_run = {"event_id": "old-run", "user_id": "u1", "metric": "run_distance_m", "value": 5000, "occurred_at": "2015-08-15T14:45:08Z"}
+    async with ingest_client(settings) as http:
+        late = await http.post("/v1/events", json=[old_run], headers=headers)
+        late_body = await late.json()
+        current = await http.post("/v1/events", json=[{**VALID, "event_id": "now-1"}], headers=headers)
+        current_body = await current.json()
+
+    assert late.status == 202
+    assert [(result["event_id"], result["status"]) for result in late_body["results"]] == [("old-run", "accepted")]
+    assert late_body["closed_periods"] == [{
+        "event_id": "old-run",
+        "board": "run-distance-monthly",
+        "period": "2015-08",
+        "reason": "period closed: period '2015-08' of board 'run-distance-monthly' stopped taking late events at 2015-09-01T01:00:00Z",
+    }]
+    assert current.status == 202
+    assert set(current_body) == {"results"}

@@ -1,4 +1,4 @@
-"""Reject events by time: too far in the future, or too late for every board they feed. No I/O here."""
+"""Reject events by time: too far in the future, or too late for every board they feed; name the boards that leave one out. No I/O here."""
 
 from __future__ import annotations
 
@@ -56,3 +56,17 @@ def check_timing(items: Sequence[Item], boards: BoardRegistry, now: datetime, pe
         error = timing_error(item, boards, now, periods) if isinstance(item, ScoreEvent) else None
         checked.append(item if error is None else Rejection(item.event_id, error))
     return checked
+
+
+def closed_boards(event: ScoreEvent, boards: BoardRegistry, now: datetime, periods: PeriodLookup) -> list[dict[str, str]]:
+    """Return one entry per board of ``event``'s metric whose period of its date closed before ``now``.
+
+    Such a board leaves the event out without a rejection, when another board
+    of its metric still takes it, so the response names each one.
+    """
+    closed = []
+    for board in boards.for_metric(event.metric):
+        period, closing = periods.find(board, event.occurred_at)
+        if closing is not None and now > closing:
+            closed.append({"event_id": event.event_id, "board": board.id, "period": period, "reason": period_closed_reason(board, period, closing)})
+    return closed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -17,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.ingest.appender import CONFLICT, DUPLICATE, AppendUnavailable
 from services.ingest.auth import require_poster
 from services.ingest.decode import BodyError, Item, Rejection, decode_events
-from services.ingest.event_timing import check_timing
+from services.ingest.event_timing import check_timing, closed_boards
 from services.ingest.problems import problem
 from services.ingest.rate_limit import RateLimited, RateLimiter
 from services.ingest.security import SECURITY_KEY, request_key
@@ -44,9 +45,17 @@ def _result_of(event: ScoreEvent, outcome: str) -> EventResult:
     return EventResult(event_id=event.event_id, status="accepted", stream_id=outcome)
 
 
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """The outcome of :func:`append_items`: one result per item, in order, and the boards that leave a stored event out."""
+
+    results: list[EventResult]
+    closed_periods: list[dict[str, str]]
+
+
 async def append_items(
     state: IngestState, items: Sequence[Item], limiter: RateLimiter | None = None, subject: str = ""
-) -> list[EventResult]:
+) -> Appended:
     """Append the valid events of ``items`` in one script call; return one result per item, in order.
 
     With a ``limiter`` the request also takes ``subject``'s token: in the same
@@ -75,13 +84,19 @@ async def append_items(
         raise
     outcomes = iter(appended)
     results: list[EventResult] = []
+    closed: list[dict[str, str]] = []
     for item in items:
         if isinstance(item, Rejection):
             results.append(EventResult(event_id=item.event_id, status="rejected", field=item.error.field, reason=item.error.reason))
-        else:
-            results.append(_result_of(item, next(outcomes)))
+            continue
+        result = _result_of(item, next(outcomes))
+        results.append(result)
+        # Accepted and duplicate events are in the stream, so the ranker reads
+        # them and the boards whose period closed leave them out.
+        if result.status in ("accepted", "duplicate"):
+            closed.extend(closed_boards(item, state.boards, now, state.periods))
     record_event_outcomes(results)
-    return results
+    return Appended(results, closed)
 
 
 def unavailable_problem(error: AppendUnavailable | RedisConnectionError | RedisTimeoutError, state: IngestState, key_id: int) -> web.Response:
@@ -130,9 +145,10 @@ async def post_events(request: web.Request) -> web.Response:
                 )
 
     try:
-        results = await append_items(state, items, limiter, subject)
+        appended = await append_items(state, items, limiter, subject)
     except (AppendUnavailable, RedisConnectionError, RedisTimeoutError) as error:
         return unavailable_problem(error, state, key.id)
+    results = appended.results
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}
     for result in results:
         counts[result.status] += 1
@@ -144,4 +160,7 @@ async def post_events(request: web.Request) -> web.Response:
     elif _stdlib_log.isEnabledFor(logging.DEBUG):
         log.debug("events posted", key_id=key.id, **counts)
     status = 202 if counts["accepted"] else 200
-    return web.Response(status=status, body=msgspec.json.encode({"results": results}), content_type="application/json")
+    document: dict[str, object] = {"results": results}
+    if appended.closed_periods:
+        document["closed_periods"] = appended.closed_periods
+    return web.Response(status=status, body=msgspec.json.encode(document), content_type="application/json")

@@ -12,7 +12,6 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.ingest.activities.closed_periods import closed_periods
 from services.ingest.activities.decode import DecodedUpload
 from services.ingest.activities.detect import UnsupportedMediaType, declared_format
 from services.ingest.activities.model import ActivityFileError, ActivityFormat
@@ -166,10 +165,10 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
     now = state.clock()
     items = [check_item(event, state.boards, security.rules, now) for event in events]
     try:
-        results = await append_items(state, items)
+        appended = await append_items(state, items)
     except (AppendUnavailable, RedisConnectionError, RedisTimeoutError) as error:
         return unavailable_problem(error, state, key.id)
-    closed = closed_periods(events, results, state.boards, state.clock())
+    results = appended.results
 
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "conflict": 0}
     for result in results:
@@ -179,7 +178,7 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
         "activity": {"format": decoded.format.value, "sha256": digest, "sessions": decoded.session_count},
         "events": [event_document(event) for event in events],
         "results": results,
-        "closed_periods": closed,
+        "closed_periods": appended.closed_periods,
     }
     status = 202 if counts["accepted"] else 200
     return web.Response(status=status, body=msgspec.json.encode(document), content_type="application/json")
