@@ -56,7 +56,7 @@ class Appended:
 async def append_items(
     state: IngestState, items: Sequence[Item], limiter: RateLimiter | None = None, subject: str = ""
 ) -> Appended:
-    """Append the valid events of ``items`` in one script call; return one result per item, in order.
+    """Append the valid events of ``items`` in one script call; return a result per item and the boards that leave one out.
 
     With a ``limiter`` the request also takes ``subject``'s token: in the same
     call when it has events to append, and RateLimited is raised, with nothing
