@@ -25,7 +25,7 @@ log = structlog.get_logger(__name__)
 SERVICES = ("ingest", "ranker", "persister", "gateway")
 STOP_TIMEOUT_S = 15.0
 RESTART_DELAY_S = 1.0
-# Starting the four services takes a few seconds; a fresh machine may take longer.
+# Starting the four services takes a few seconds, and a slow machine may take longer.
 READY_TIMEOUT_S = 120.0
 
 
@@ -78,7 +78,7 @@ def _ready(url: str) -> bool:
 
 
 def services_ready(settings: Settings) -> bool:
-    """Return whether the readiness probes of ingest and the gateway both answer 200 now."""
+    """Return whether the readiness probes of ingest and the gateway both return 200 now."""
     return all(_ready(_probe_url(host, port)) for host, port in ((settings.http_host, settings.http_port), (settings.ws_host, settings.ws_port)))
 
 

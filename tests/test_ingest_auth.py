@@ -317,7 +317,7 @@ async def test_concurrent_requests_share_one_lookup(settings: Settings, db: asyn
 
 
 async def test_reads_with_a_key_skip_the_address_check(settings: Settings, redis_client) -> None:
-    """From an address out of failures, a read that sends a key gets 200 without asking Redis, and a write gets 429."""
+    """From an address out of failures, a read that sends a key gets 200 without a call to Redis, and a write gets 429."""
     limited = replace(settings, auth_failures_per_minute=1, auth_failure_burst=1)
     key = await new_key(settings)
     async with ingest_client(limited) as http:

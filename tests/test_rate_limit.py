@@ -128,7 +128,7 @@ async def test_unreachable_redis_lets_requests_through(settings: Settings) -> No
     assert allowance.remaining == 0
 
 
-async def test_refused_requests_take_a_token_too(settings: Settings, redis_client) -> None:
+async def test_rejected_requests_take_a_token(settings: Settings, redis_client) -> None:
     """A body that is not JSON, an event of another athlete and a rejected value each take a token, so the fourth request gets 429."""
     limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=3)
     device = await new_key(settings, KeyKind.DEVICE, "u1")
@@ -138,20 +138,20 @@ async def test_refused_requests_take_a_token_too(settings: Settings, redis_clien
         not_json = await http.post("/v1/events", data=b"{not json", headers=headers)
         other_athlete = await http.post("/v1/events", json=[{**event("x1"), "user_id": "u2"}], headers=headers)
         negative = await http.post("/v1/events", json=[{**event("x2"), "value": -5}], headers=headers)
-        refused = await http.post("/v1/events", json=[event("x3")], headers=headers)
+        rejected = await http.post("/v1/events", json=[event("x3")], headers=headers)
         elapsed_ms = (time.monotonic() - started_s) * 1000
-        refused_body = await refused.json(content_type=None)
+        rejected_body = await rejected.json(content_type=None)
 
     assert [not_json.status, other_athlete.status, negative.status] == [400, 403, 200]
-    assert refused.status == 429
-    assert refused_body["type"] == "urn:rankstream:problem:rate-limited"
+    assert rejected.status == 429
+    assert rejected_body["type"] == "urn:rankstream:problem:rate-limited"
     # A token takes 60 s to refill; the requests refilled up to elapsed_ms of it.
-    assert int(refused.headers["Retry-After"]) in {math.ceil((60_000 - elapsed_ms) / 1000), 60}
+    assert int(rejected.headers["Retry-After"]) in {math.ceil((60_000 - elapsed_ms) / 1000), 60}
     assert await redis_client.xlen(Names(settings.namespace).events_stream) == 0
 
 
 async def test_limited_request_appends_nothing(settings: Settings, redis_client) -> None:
-    """The append script refuses a request on an empty bucket before it writes the stream or a seen key."""
+    """The append script rejects a request on an empty bucket before it writes the stream or a seen key."""
     limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=1)
     key = await new_key(settings)
     headers = {"Authorization": f"Bearer {key}"}
@@ -174,14 +174,14 @@ async def test_oversized_and_unreadable_bodies_take_a_token(settings: Settings, 
     async with ingest_client(limited) as http:
         oversized = await http.post("/v1/events", data=b"[" + b" " * 4096 + b"]", headers=headers)
         not_gzip = await http.post("/v1/events", data=b"[]", headers={**headers, "Content-Encoding": "gzip"})
-        refused = await http.post("/v1/events", json=[event("z1")], headers=headers)
+        rejected = await http.post("/v1/events", json=[event("z1")], headers=headers)
 
-    assert [oversized.status, not_gzip.status, refused.status] == [413, 400, 429]
+    assert [oversized.status, not_gzip.status, rejected.status] == [413, 400, 429]
     assert await redis_client.xlen(Names(settings.namespace).events_stream) == 0
 
 
-async def test_known_empty_bucket_refuses_without_redis(settings: Settings, redis_client) -> None:
-    """After Redis refused a request, a 1,000-event request gets 429 with no call to Redis."""
+async def test_known_empty_bucket_skips_redis(settings: Settings, redis_client) -> None:
+    """After Redis rejected a request, a 1,000-event request gets 429 with no call to Redis."""
     limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=1)
     key = await new_key(settings)
     headers = {"Authorization": f"Bearer {key}"}
@@ -190,23 +190,23 @@ async def test_known_empty_bucket_refuses_without_redis(settings: Settings, redi
         limiter = http.app[SECURITY_KEY].rate_limiter
         started_s = time.monotonic()
         accepted = await http.post("/v1/events", json=[event("k1")], headers=headers)
-        refused_by_redis = await http.post("/v1/events", json=[event("k2")], headers=headers)
+        rejected_by_redis = await http.post("/v1/events", json=[event("k2")], headers=headers)
         calls_before = (state.appender.batcher.calls_sent, limiter.batcher.calls_sent)
-        refused_here = await http.post("/v1/events", json=[event(f"k{i}") for i in range(3, 1003)], headers=headers)
+        rejected_from_memory = await http.post("/v1/events", json=[event(f"k{i}") for i in range(3, 1003)], headers=headers)
         calls_after = (state.appender.batcher.calls_sent, limiter.batcher.calls_sent)
         elapsed_ms = (time.monotonic() - started_s) * 1000
-        refused_body = await refused_here.json(content_type=None)
+        rejected_body = await rejected_from_memory.json(content_type=None)
 
-    assert [accepted.status, refused_by_redis.status, refused_here.status] == [202, 429, 429]
+    assert [accepted.status, rejected_by_redis.status, rejected_from_memory.status] == [202, 429, 429]
     assert calls_after == calls_before
-    assert refused_body["type"] == "urn:rankstream:problem:rate-limited"
+    assert rejected_body["type"] == "urn:rankstream:problem:rate-limited"
     # A token takes 60 s to refill; the requests refilled up to elapsed_ms of it.
-    assert math.ceil((60_000 - elapsed_ms) / 1000) <= int(refused_here.headers["Retry-After"]) <= 60
+    assert math.ceil((60_000 - elapsed_ms) / 1000) <= int(rejected_from_memory.headers["Retry-After"]) <= 60
     assert await redis_client.xlen(Names(settings.namespace).events_stream) == 1
 
 
 async def test_take_remembers_emptied_bucket(settings: Settings, redis_client) -> None:
-    """A take that leaves less than one token makes the next take a refusal without a round trip."""
+    """A take that leaves less than one token makes the next take a rejection without a round trip."""
     limiter = RateLimiter(redis_client, Names(settings.namespace), per_minute=6, burst_requests=1)
     first = await limiter.take("key:9")
     calls_after_first = limiter.batcher.calls_sent
@@ -231,7 +231,7 @@ async def test_peek_writes_nothing(settings: Settings, redis_client) -> None:
     assert await redis_client.exists(Names(settings.namespace).rate_limit_bucket("authfail:127.0.0.1")) == 0
 
 
-async def test_rejections_answered_while_redis_is_down(settings: Settings) -> None:
+async def test_rejections_listed_while_redis_down(settings: Settings) -> None:
     """With Redis unreachable, invalid and too-late events still get their rejections, and a valid event gets 503."""
     # No retries, so each refused connection fails at once.
     client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0), socket_connect_timeout=2)
@@ -259,8 +259,8 @@ async def test_rejections_answered_while_redis_is_down(settings: Settings) -> No
     assert valid_body["type"] == "urn:rankstream:problem:store-unavailable"
 
 
-async def test_remembered_refusals_logged_at_debug(settings: Settings, redis_client, monkeypatch) -> None:
-    """The refusal that found the bucket empty is logged at info, the refusals answered from memory at debug."""
+async def test_remembered_rejections_log_at_debug(settings: Settings, redis_client, monkeypatch) -> None:
+    """The rejection that found the bucket empty is logged at info, the rejections returned from memory at debug."""
     # A module logger used before another test reconfigured structlog keeps
     # the old processors, which capture_logs does not replace. A new one does.
     monkeypatch.setattr(ingest_app, "log", structlog.get_logger(ingest_app.__name__))
@@ -276,32 +276,32 @@ async def test_remembered_refusals_logged_at_debug(settings: Settings, redis_cli
     assert limited_levels == ["info", "debug", "debug"]
 
 
-async def test_first_refusal_from_memory_is_reported(settings: Settings, redis_client) -> None:
-    """After a take that emptied the bucket, the first refusal from memory is not marked remembered, the next is."""
+async def test_first_remembered_rejection_reported(settings: Settings, redis_client) -> None:
+    """After a take that emptied the bucket, the first rejection from memory is not marked remembered, the next is."""
     limiter = RateLimiter(redis_client, Names(settings.namespace), per_minute=6, burst_requests=1)
-    taken = await limiter.take("key:5")
-    first_refusal = await limiter.take("key:5")
-    second_refusal = await limiter.take("key:5")
+    first_take = await limiter.take("key:5")
+    first_rejection = await limiter.take("key:5")
+    second_rejection = await limiter.take("key:5")
 
-    assert taken.allowed is True
-    assert (first_refusal.allowed, first_refusal.remembered) == (False, False)
-    assert (second_refusal.allowed, second_refusal.remembered) == (False, True)
+    assert first_take.allowed is True
+    assert (first_rejection.allowed, first_rejection.remembered) == (False, False)
+    assert (second_rejection.allowed, second_rejection.remembered) == (False, True)
     assert limiter.batcher.calls_sent == 1
 
 
 async def test_remembered_wait_counts_from_the_send(settings: Settings, redis_client) -> None:
     """A wait learned from a call sent 0.9 s ago has at most 0.1 s left, and none once it has passed."""
     limiter = RateLimiter(redis_client, Names(settings.namespace), per_minute=6, burst_requests=1)
-    limiter.note_empty("key:6", 1000, time.monotonic() - 0.9, refused=True)
-    limiter.note_empty("key:7", 1000, time.monotonic() - 1.5, refused=True)
-    refusal = limiter.known_empty("key:6")
+    limiter.note_empty("key:6", 1000, time.monotonic() - 0.9, rejected=True)
+    limiter.note_empty("key:7", 1000, time.monotonic() - 1.5, rejected=True)
+    rejection = limiter.known_empty("key:6")
 
-    assert refusal is not None
-    assert 0 < refusal.retry_after_ms <= 100
+    assert rejection is not None
+    assert 0 < rejection.retry_after_ms <= 100
     assert limiter.known_empty("key:7") is None
 
 
-async def test_known_empty_key_answered_before_the_body(settings: Settings, redis_client) -> None:
+async def test_known_empty_key_rejected_before_body(settings: Settings, redis_client) -> None:
     """A request on a bucket known empty gets 429 while its announced body has not been sent at all."""
     limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=1)
     key = await new_key(settings)
@@ -314,7 +314,7 @@ async def test_known_empty_key_answered_before_the_body(settings: Settings, redi
             "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n".encode()
         )
         await writer.drain()
-        # Without the early refusal the server would wait for the 100,000 bytes and this read would time out.
+        # Without the early rejection the server would wait for the 100,000 bytes and this read would time out.
         status_line = await asyncio.wait_for(reader.readline(), timeout=10)
         writer.close()
 

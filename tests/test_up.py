@@ -70,7 +70,7 @@ async def test_up_runs_and_stops_cleanly(tmp_path: Path) -> None:
         up = subprocess.Popen([sys.executable, "-m", "services", "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         await wait_for(lambda: banner_printed(log_path), timeout_s=60, what="the 'Rankstream is running.' banner")
-        # The banner comes only once both probes answer, so one request each must succeed now.
+        # The banner comes only once both probes return 200, so one request each must succeed now.
         async with aiohttp.ClientSession() as http:
             for port in (http_port, ws_port):
                 async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
@@ -168,10 +168,10 @@ async def test_readiness_probe_of_up(tmp_path: Path) -> None:
         ready = await asyncio.to_thread(_ready, _probe_url("0.0.0.0", http_port))
         statuses["/readyz"] = 503
         not_ready = await asyncio.to_thread(_ready, _probe_url("0.0.0.0", http_port))
-        not_http_answer = await asyncio.to_thread(_ready, _probe_url("127.0.0.1", other_port))
+        not_http_ready = await asyncio.to_thread(_ready, _probe_url("127.0.0.1", other_port))
     finally:
         garbage.close()
         await garbage.wait_closed()
         await runner.cleanup()
 
-    assert (ready, not_ready, not_http_answer) == (True, False, False)
+    assert (ready, not_ready, not_http_ready) == (True, False, False)

@@ -69,9 +69,9 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         log.info("request not authorised", status=error.status)
         response = problem(error.status, "unauthorized" if error.status == 401 else "forbidden", title, error.detail, headers=headers)
     except RateLimited as error:
-        # One line at info when Redis finds the bucket empty; the refusals this
-        # process then answers from memory go to debug, so a client that keeps
-        # sending while limited cannot flood the log.
+        # The first rejection of an empty spell is logged at info. The later
+        # ones, which this process returns from memory, go to debug, so a client
+        # that keeps sending while limited cannot flood the log.
         if error.allowance.remembered:
             log.debug("request rate limited", retry_after_ms=error.allowance.retry_after_ms)
         else:

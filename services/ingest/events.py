@@ -28,9 +28,9 @@ from shared.metrics import record_event_outcomes
 from shared.schema import EventResult, ScoreEvent
 
 log = structlog.get_logger(__name__)
-# The standard library logger under ``log``. It answers isEnabledFor from a
-# cache, where a filtered structlog call took about 3 microseconds when
-# measured on a two-core development machine.
+# The standard library logger under ``log``. Its isEnabledFor reads a cache,
+# while a filtered structlog call took about 3 microseconds in a measurement on
+# a two-core development machine.
 _stdlib_log = logging.getLogger(__name__)
 
 
@@ -61,8 +61,8 @@ async def append_items(
     With a ``limiter`` the request also takes ``subject``'s token: in the same
     call when it has events to append, and RateLimited is raised, with nothing
     appended, when the bucket is empty. A request without a valid event takes
-    it through the limiter, which lets it through during a Redis outage, so
-    its rejections are still answered.
+    it through the limiter, which lets requests through during a Redis outage,
+    so the response still lists its rejections.
     """
     # One instant for the timing check and received_at, so the ranker's late
     # check on received_at agrees with what ingest reported.
@@ -79,8 +79,8 @@ async def append_items(
     try:
         appended = await state.appender.append(events, now, bucket)
     except RateLimited as error:
-        assert limiter is not None, "only a call with a bucket is refused"
-        limiter.note_empty(subject, error.allowance.retry_after_ms, sent_at, refused=True)
+        assert limiter is not None, "only a call with a bucket raises RateLimited"
+        limiter.note_empty(subject, error.allowance.retry_after_ms, sent_at, rejected=True)
         raise
     outcomes = iter(appended)
     results: list[EventResult] = []
@@ -117,12 +117,12 @@ async def post_events(request: web.Request) -> web.Response:
     key = await request_key(request)
     require_poster(key)
     # Every request costs one token. A request that reaches the append takes it
-    # in the append's own script call, and one refused before takes it here, so
-    # a request on an empty bucket gets 429 whatever else is wrong with it.
+    # in the append's own script call, and one rejected before takes it here,
+    # so a request on an empty bucket gets 429 whatever else is wrong with it.
     subject = f"key:{key.id}"
     limiter = security.rate_limiter
-    # A bucket this process saw empty refuses before the body is read.
-    limiter.refuse_known_empty(subject)
+    # A bucket this process saw empty rejects the request before its body is read.
+    limiter.raise_if_known_empty(subject)
     try:
         body = await request.read()
     except (RequestPayloadError, web.HTTPRequestEntityTooLarge):

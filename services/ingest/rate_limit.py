@@ -36,7 +36,7 @@ class Allowance:
     allowed: bool
     retry_after_ms: int
     remaining: int
-    # True when the limiter answered from a bucket it remembers as empty, without Redis.
+    # True when the limiter returned this from a bucket it remembers as empty, without Redis.
     remembered: bool = False
 
     @property
@@ -74,12 +74,12 @@ class RateLimiter:
     request is let through: the events it carries cannot be stored then
     anyway, and admin calls keep working during a Redis outage.
 
-    A reply that shows a bucket without a whole token also says when one is
-    back, and only time adds tokens. Until then the limiter refuses that
-    subject without asking Redis, so a client over its limit costs a
-    dictionary lookup. The wait is counted from when the call was sent,
-    before the server ran it, so a refusal from memory never outlasts the
-    server's; a request just after it is asked of Redis again.
+    A reply that shows a bucket without a whole token also gives the wait
+    until one is back, and only time adds tokens. Until then the limiter
+    rejects that subject without a call to Redis, so a client over its limit
+    costs a dictionary lookup. The wait is counted from when the call was
+    sent, before the server ran it, so a rejection from memory never outlasts
+    the server's. A request just after it goes to Redis again.
     """
 
     def __init__(
@@ -93,7 +93,7 @@ class RateLimiter:
         self.batcher = batcher if batcher is not None else CommandBatcher(client)
         self._outage_logged_at = -math.inf
         # subject -> (time.monotonic() at which its bucket has a whole token
-        # again, whether a refusal of this empty spell was logged at info)
+        # again, whether a rejection of this empty spell was logged at info)
         self._empty_until: dict[str, tuple[float, bool]] = {}
 
     def bucket(self, subject: str) -> Bucket | None:
@@ -103,10 +103,11 @@ class RateLimiter:
         return Bucket(self.names.rate_limit_bucket(subject), self.burst_requests, self.per_minute)
 
     def known_empty(self, subject: str) -> Allowance | None:
-        """Return the refusal for ``subject`` while a reply seen earlier says its bucket has no whole token; no I/O.
+        """Return the rejection for ``subject`` while an earlier reply showed its bucket without a whole token.
 
-        The refusal is ``remembered`` unless it is the first of its empty spell
-        that no Redis reply refused, which the caller should log like one.
+        No I/O. The rejection is ``remembered`` unless it is the first of an
+        empty spell that no Redis reply rejected, so the caller logs that one
+        as it logs a rejection from Redis.
         """
         empty = self._empty_until.get(subject)
         if empty is None:
@@ -120,21 +121,21 @@ class RateLimiter:
             self._empty_until[subject] = (until, True)
         return Allowance(False, wait_ms, 0, remembered=reported)
 
-    def note_empty(self, subject: str, wait_ms: int, sent_at: float, *, refused: bool) -> None:
+    def note_empty(self, subject: str, wait_ms: int, sent_at: float, *, rejected: bool) -> None:
         """Remember that ``subject``'s bucket had no whole token for ``wait_ms`` after ``sent_at``.
 
         ``sent_at`` is the ``time.monotonic()`` at which the call that learned
-        it was sent, and ``refused`` says whether that call was itself refused.
+        it was sent, and ``rejected`` is whether that call was itself rejected.
         """
         if len(self._empty_until) >= MAX_EMPTY_SUBJECTS:
             self._empty_until.clear()
-        self._empty_until[subject] = (sent_at + wait_ms / 1000, refused)
+        self._empty_until[subject] = (sent_at + wait_ms / 1000, rejected)
 
-    def refuse_known_empty(self, subject: str) -> None:
-        """Raise RateLimited, without a round trip, while :meth:`known_empty` returns a refusal."""
-        refusal = self.known_empty(subject)
-        if refusal is not None:
-            raise RateLimited(refusal, self.per_minute)
+    def raise_if_known_empty(self, subject: str) -> None:
+        """Raise RateLimited, without a round trip, while :meth:`known_empty` returns a rejection."""
+        rejection = self.known_empty(subject)
+        if rejection is not None:
+            raise RateLimited(rejection, self.per_minute)
 
     async def take(self, subject: str, cost: int = 1) -> Allowance:
         """Take ``cost`` tokens from ``subject``'s bucket; return whether the request may go on.
@@ -144,9 +145,9 @@ class RateLimiter:
         """
         if self.per_minute == 0:
             return Allowance(True, 0, self.burst_requests)
-        refusal = self.known_empty(subject) if cost <= 1 else None
-        if refusal is not None:
-            return refusal
+        rejection = self.known_empty(subject) if cost <= 1 else None
+        if rejection is not None:
+            return rejection
         sent_at = time.monotonic()
         try:
             reply = await self.batcher.call(self.script, [self.names.rate_limit_bucket(subject)], [self.burst_requests, self.per_minute, cost])
@@ -164,7 +165,7 @@ class RateLimiter:
         else:
             allowance = Allowance(bool(allowed), int(wait_ms), int(remaining))
         if int(wait_one_ms) > 0:
-            self.note_empty(subject, int(wait_one_ms), sent_at, refused=not allowance.allowed)
+            self.note_empty(subject, int(wait_one_ms), sent_at, rejected=not allowance.allowed)
         return allowance
 
     async def check(self, subject: str) -> Allowance:
