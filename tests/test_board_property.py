@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from services.ingest.visibility import OPERATOR
 from shared.boards import Board, Operator, Order, Reset, Scope, Tie, WeekStart
 from shared.settings import Settings
 from tests.board_pipeline import Pipeline, board_pipeline

@@ -17,7 +17,7 @@ from services.gateway.protocol import CloseCode
 from shared.settings import Settings
 from shared.names import Names
 from tests.gateway_harness import WsClient, current_week, event, gateway_stats, post, wait_seq
-from tests.helpers import ingest_client, new_key, wait_for, wait_healthy
+from tests.helpers import ingest_client, new_key, wait_healthy
 from tests.processes import service_processes
 
 HIGH_WATER_BYTES = 64 * 1024

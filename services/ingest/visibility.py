@@ -16,7 +16,6 @@ from aiohttp import web
 
 from services.ingest.admin_keys import authorise_admin
 from services.ingest.auth import AuthError
-from services.ingest.problems import problem
 from services.ingest.security import request_key
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
