@@ -10,15 +10,15 @@ only what it does itself, plus the shared Redis snapshot.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from shared.loop_metrics import LoopCounter, LoopHistogram
 
 # The text exposition format version 0.0.4, which Prometheus 2 and 3 both read.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -31,22 +31,23 @@ _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 # -- HTTP (ingest and read API) ------------------------------------------------
 
-HTTP_REQUESTS = Counter(
+# These four change on every request, so they are lock-free loop metrics (see shared/loop_metrics.py).
+HTTP_REQUESTS = LoopCounter(
     "rankstream_http_requests", "HTTP requests served, by route template, method and status code.",
     ["route", "method", "status"], registry=REGISTRY,
 )
-HTTP_REQUEST_DURATION = Histogram(
+HTTP_REQUEST_DURATION = LoopHistogram(
     "rankstream_http_request_duration_seconds", "Time from request received to response ready, by route template and method.",
     ["route", "method"], buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
 )
 
 # -- ingest ----------------------------------------------------------------------
 
-INGEST_EVENTS = Counter(
+INGEST_EVENTS = LoopCounter(
     "rankstream_ingest_events", "Events in POST /v1/events bodies, by outcome: accepted, duplicate, conflict or rejected.",
     ["outcome"], registry=REGISTRY,
 )
-INGEST_REJECTIONS = Counter(
+INGEST_REJECTIONS = LoopCounter(
     "rankstream_ingest_rejections", "Rejected events by reason, which is the top-level field that failed validation.",
     ["reason"], registry=REGISTRY,
 )
@@ -123,20 +124,9 @@ def record_event_outcomes(results: Iterable) -> None:
             reason = rejection_reason(result.field or "")
             reasons[reason] = reasons.get(reason, 0) + 1
     for outcome, count in outcomes.items():
-        _outcome_counter(outcome).inc(count)
+        INGEST_EVENTS.inc((outcome,), count)
     for reason, count in reasons.items():
-        _rejection_counter(reason).inc(count)
-
-
-# labels() takes a lock and a lookup per call; outcomes and reasons are a few fixed names.
-@functools.lru_cache(maxsize=64)
-def _outcome_counter(outcome: str) -> Any:
-    return INGEST_EVENTS.labels(outcome=outcome)
-
-
-@functools.lru_cache(maxsize=64)
-def _rejection_counter(reason: str) -> Any:
-    return INGEST_REJECTIONS.labels(reason=reason)
+        INGEST_REJECTIONS.inc((reason,), count)
 
 
 # -- values sampled from Redis -----------------------------------------------------

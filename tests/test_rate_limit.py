@@ -14,7 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from structlog.testing import capture_logs
 
-from services.ingest import app as ingest_app
+from services.ingest import middleware as ingest_middleware
 from services.ingest.app import create_app
 from shared.api_keys import KeyKind
 from shared.boards import BoardRegistry, load_boards
@@ -263,7 +263,7 @@ async def test_remembered_rejections_log_at_debug(settings: Settings, redis_clie
     """The rejection that found the bucket empty is logged at info, the rejections returned from memory at debug."""
     # A module logger used before another test reconfigured structlog keeps
     # the old processors, which capture_logs does not replace. A new one does.
-    monkeypatch.setattr(ingest_app, "log", structlog.get_logger(ingest_app.__name__))
+    monkeypatch.setattr(ingest_middleware, "log", structlog.get_logger(ingest_middleware.__name__))
     limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=1)
     key = await new_key(settings)
     headers = {"Authorization": f"Bearer {key}"}

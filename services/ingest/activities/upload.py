@@ -25,6 +25,7 @@ from services.ingest.problems import problem
 from services.ingest.security import SECURITY_KEY, request_key
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import ApiKey, KeyKind
+from shared.logs import bind_to_unit_of_work
 from shared.schema import IdString, ScoreEvent
 from shared.settings import Settings
 
@@ -150,7 +151,7 @@ async def _handle(request: web.Request, state: IngestState) -> web.Response:
     if not body:
         return problem(400, "empty-body", "Empty body", "the request body is empty; send one FIT, GPX or TCX file as the body")
     digest = file_digest(body)
-    structlog.contextvars.bind_contextvars(user_id=user_id, file_sha256=digest)
+    bind_to_unit_of_work(user_id=user_id, file_sha256=digest)
     decoded = await _decode(limits, body, declared)
 
     # Derived events pass the same checks and the same append script as posted ones.
