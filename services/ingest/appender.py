@@ -62,8 +62,9 @@ class NotDurable(AppendUnavailable):
 
 def body_hash(event: ScoreEvent) -> str:
     """Hash an event's content, with occurred_at in UTC, so equal re-posts match."""
-    canonical = msgspec.structs.replace(event, occurred_at=event.occurred_at.astimezone(timezone.utc))
-    return hashlib.blake2b(msgspec.json.encode(canonical), digest_size=16).hexdigest()
+    if event.occurred_at.tzinfo is not timezone.utc:
+        event = msgspec.structs.replace(event, occurred_at=event.occurred_at.astimezone(timezone.utc))
+    return hashlib.blake2b(msgspec.json.encode(event), digest_size=16).hexdigest()
 
 
 class Appender:
