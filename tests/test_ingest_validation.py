@@ -144,18 +144,21 @@ async def test_body_shapes_and_limits(settings: Settings, redis_client) -> None:
 
 
 async def test_duplicate_and_conflict(settings: Settings, redis_client) -> None:
-    """An identical re-post is a duplicate (200); the same id with another body is a conflict."""
+    """An identical re-post is a duplicate (200), also with the same instant in UTC; the same id with another body is a conflict."""
     key = await new_key(settings)
     headers = {"Authorization": f"Bearer {key}"}
     async with ingest_client(settings) as http:
         first = await http.post("/v1/events", json=VALID, headers=headers)
         again = await http.post("/v1/events", json=VALID, headers=headers)
+        again_in_utc = await http.post("/v1/events", json={**VALID, "occurred_at": "2026-12-02T09:00:00Z"}, headers=headers)
         changed = await http.post("/v1/events", json={**VALID, "value": 1500}, headers=headers)
         again_body = await again.json()
+        again_in_utc_body = await again_in_utc.json()
         changed_body = await changed.json()
     assert first.status == 202
     assert again.status == 200
     assert again_body["results"] == [{"event_id": "ok-1", "status": "duplicate"}]
+    assert again_in_utc_body["results"] == [{"event_id": "ok-1", "status": "duplicate"}]
     assert changed.status == 200
     assert changed_body["results"][0]["status"] == "conflict"
     assert changed_body["results"][0]["field"] == "event_id"
