@@ -11,39 +11,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from shared.env_values import SettingsError, read_int, read_url
 
 _NAMESPACE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-
-
-class SettingsError(ValueError):
-    """An environment variable contains a value Rankstream cannot use."""
-
-
-def _read_int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer; set it to a whole number from {minimum} to {maximum}") from None
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name}={value} is out of range; set it to a whole number from {minimum} to {maximum}")
-    return value
-
-
-def _read_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return None
-    scheme = urlsplit(raw).scheme
-    if scheme not in schemes:
-        allowed = ", ".join(f"{s}://" for s in schemes)
-        raise SettingsError(f"{name} has scheme {scheme!r}; use a URL starting with {allowed}")
-    return raw
-
-
 _METRIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 # Per-metric plausibility bounds of one event, as (minimum, maximum); None is unbounded.
@@ -160,47 +131,47 @@ class Settings:
         if durability not in {"aof", "relaxed"}:
             raise SettingsError(f"RANKSTREAM_DURABILITY={durability!r} is invalid; use aof (wait for the fsync) or relaxed")
         return cls(
-            redis_url=_read_url(env, "RANKSTREAM_REDIS_URL", ("redis", "rediss", "unix")),
-            database_url=_read_url(env, "RANKSTREAM_DATABASE_URL", ("postgres", "postgresql")),
+            redis_url=read_url(env, "RANKSTREAM_REDIS_URL", ("redis", "rediss", "unix")),
+            database_url=read_url(env, "RANKSTREAM_DATABASE_URL", ("postgres", "postgresql")),
             http_host=env.get("RANKSTREAM_HTTP_HOST") or "127.0.0.1",
-            http_port=_read_int(env, "RANKSTREAM_HTTP_PORT", 8000, 0, 65535),
+            http_port=read_int(env, "RANKSTREAM_HTTP_PORT", 8000, 0, 65535),
             ws_host=env.get("RANKSTREAM_WS_HOST") or "127.0.0.1",
-            ws_port=_read_int(env, "RANKSTREAM_WS_PORT", 8001, 0, 65535),
+            ws_port=read_int(env, "RANKSTREAM_WS_PORT", 8001, 0, 65535),
             data_dir=Path(env.get("RANKSTREAM_DATA_DIR") or ".rankstream"),
             boards_file=Path(env.get("RANKSTREAM_BOARDS_FILE") or "deploy/boards.toml"),
             namespace=namespace,
             log_level=log_level,
             log_format=log_format,
             consumer_name=env.get("RANKSTREAM_CONSUMER_NAME") or None,
-            read_count=_read_int(env, "RANKSTREAM_READ_COUNT", 500, 1, 10_000),
-            block_ms=_read_int(env, "RANKSTREAM_BLOCK_MS", 100, 1, 60_000),
-            persist_batch_size=_read_int(env, "RANKSTREAM_PERSIST_BATCH_SIZE", 1000, 1, 10_000),
-            persist_max_wait_ms=_read_int(env, "RANKSTREAM_PERSIST_MAX_WAIT_MS", 100, 0, 60_000),
-            dedupe_ttl_s=_read_int(env, "RANKSTREAM_DEDUPE_TTL_S", 7 * 24 * 3600, 7 * 24 * 3600, 366 * 24 * 3600),
-            api_key_cache_ttl_s=_read_int(env, "RANKSTREAM_API_KEY_CACHE_TTL_S", 5, 0, 300),
-            max_activity_bytes=_read_int(env, "RANKSTREAM_MAX_ACTIVITY_BYTES", 25 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
-            activity_decode_timeout_ms=_read_int(env, "RANKSTREAM_ACTIVITY_DECODE_TIMEOUT_MS", 60_000, 1, 600_000),
+            read_count=read_int(env, "RANKSTREAM_READ_COUNT", 500, 1, 10_000),
+            block_ms=read_int(env, "RANKSTREAM_BLOCK_MS", 100, 1, 60_000),
+            persist_batch_size=read_int(env, "RANKSTREAM_PERSIST_BATCH_SIZE", 1000, 1, 10_000),
+            persist_max_wait_ms=read_int(env, "RANKSTREAM_PERSIST_MAX_WAIT_MS", 100, 0, 60_000),
+            dedupe_ttl_s=read_int(env, "RANKSTREAM_DEDUPE_TTL_S", 7 * 24 * 3600, 7 * 24 * 3600, 366 * 24 * 3600),
+            api_key_cache_ttl_s=read_int(env, "RANKSTREAM_API_KEY_CACHE_TTL_S", 5, 0, 300),
+            max_activity_bytes=read_int(env, "RANKSTREAM_MAX_ACTIVITY_BYTES", 25 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
+            activity_decode_timeout_ms=read_int(env, "RANKSTREAM_ACTIVITY_DECODE_TIMEOUT_MS", 60_000, 1, 600_000),
             durability=durability,
-            waitaof_timeout_ms=_read_int(env, "RANKSTREAM_WAITAOF_TIMEOUT_MS", 5_000, 1, 60_000),
-            max_backlog=_read_int(env, "RANKSTREAM_MAX_BACKLOG", 1_000_000, 1, 1_000_000_000),
-            retry_after_s=_read_int(env, "RANKSTREAM_RETRY_AFTER_S", 5, 1, 3600),
-            claim_idle_ms=_read_int(env, "RANKSTREAM_CLAIM_IDLE_MS", 30_000, 1, 86_400_000),
-            claim_interval_ms=_read_int(env, "RANKSTREAM_CLAIM_INTERVAL_MS", 5_000, 10, 3_600_000),
-            max_deliveries=_read_int(env, "RANKSTREAM_MAX_DELIVERIES", 5, 1, 1000),
-            handle_timeout_s=_read_int(env, "RANKSTREAM_HANDLE_TIMEOUT_S", 60, 1, 3600),
-            stop_timeout_s=_read_int(env, "RANKSTREAM_STOP_TIMEOUT_S", 10, 1, 600),
-            consumer_idle_delete_ms=_read_int(env, "RANKSTREAM_CONSUMER_IDLE_DELETE_MS", 3_600_000, 0, 30 * 86_400_000),
-            trim_interval_ms=_read_int(env, "RANKSTREAM_TRIM_INTERVAL_MS", 1_000, 0, 3_600_000),
+            waitaof_timeout_ms=read_int(env, "RANKSTREAM_WAITAOF_TIMEOUT_MS", 5_000, 1, 60_000),
+            max_backlog=read_int(env, "RANKSTREAM_MAX_BACKLOG", 1_000_000, 1, 1_000_000_000),
+            retry_after_s=read_int(env, "RANKSTREAM_RETRY_AFTER_S", 5, 1, 3600),
+            claim_idle_ms=read_int(env, "RANKSTREAM_CLAIM_IDLE_MS", 30_000, 1, 86_400_000),
+            claim_interval_ms=read_int(env, "RANKSTREAM_CLAIM_INTERVAL_MS", 5_000, 10, 3_600_000),
+            max_deliveries=read_int(env, "RANKSTREAM_MAX_DELIVERIES", 5, 1, 1000),
+            handle_timeout_s=read_int(env, "RANKSTREAM_HANDLE_TIMEOUT_S", 60, 1, 3600),
+            stop_timeout_s=read_int(env, "RANKSTREAM_STOP_TIMEOUT_S", 10, 1, 600),
+            consumer_idle_delete_ms=read_int(env, "RANKSTREAM_CONSUMER_IDLE_DELETE_MS", 3_600_000, 0, 30 * 86_400_000),
+            trim_interval_ms=read_int(env, "RANKSTREAM_TRIM_INTERVAL_MS", 1_000, 0, 3_600_000),
             metrics_host=env.get("RANKSTREAM_METRICS_HOST") or "127.0.0.1",
             # Unset serves no probe listener in the ranker and persister; 0 binds a free port.
-            metrics_port=_read_int(env, "RANKSTREAM_METRICS_PORT", 0, 0, 65535) if env.get("RANKSTREAM_METRICS_PORT") else None,
-            max_body_bytes=_read_int(env, "RANKSTREAM_MAX_BODY_BYTES", 1024 * 1024, 1024, 16 * 1024 * 1024),
-            max_events_per_request=_read_int(env, "RANKSTREAM_MAX_EVENTS_PER_REQUEST", 1000, 1, 10_000),
-            rate_limit_per_minute=_read_int(env, "RANKSTREAM_RATE_LIMIT_PER_MINUTE", 600, 0, 6_000_000),
-            rate_limit_burst_requests=_read_int(env, "RANKSTREAM_RATE_LIMIT_BURST_REQUESTS", 100, 1, 1_000_000),
-            auth_failures_per_minute=_read_int(env, "RANKSTREAM_AUTH_FAILURES_PER_MINUTE", 60, 0, 6_000_000),
-            auth_failure_burst=_read_int(env, "RANKSTREAM_AUTH_FAILURE_BURST", 30, 1, 1_000_000),
-            max_clock_skew_s=_read_int(env, "RANKSTREAM_MAX_CLOCK_SKEW_S", 300, 0, 3600),
+            metrics_port=read_int(env, "RANKSTREAM_METRICS_PORT", 0, 0, 65535) if env.get("RANKSTREAM_METRICS_PORT") else None,
+            max_body_bytes=read_int(env, "RANKSTREAM_MAX_BODY_BYTES", 1024 * 1024, 1024, 16 * 1024 * 1024),
+            max_events_per_request=read_int(env, "RANKSTREAM_MAX_EVENTS_PER_REQUEST", 1000, 1, 10_000),
+            rate_limit_per_minute=read_int(env, "RANKSTREAM_RATE_LIMIT_PER_MINUTE", 600, 0, 6_000_000),
+            rate_limit_burst_requests=read_int(env, "RANKSTREAM_RATE_LIMIT_BURST_REQUESTS", 100, 1, 1_000_000),
+            auth_failures_per_minute=read_int(env, "RANKSTREAM_AUTH_FAILURES_PER_MINUTE", 60, 0, 6_000_000),
+            auth_failure_burst=read_int(env, "RANKSTREAM_AUTH_FAILURE_BURST", 30, 1, 1_000_000),
+            max_clock_skew_s=read_int(env, "RANKSTREAM_MAX_CLOCK_SKEW_S", 300, 0, 3600),
             allowed_metrics=_read_metrics(env, "RANKSTREAM_ALLOWED_METRICS"),
             metric_bounds=_read_metric_bounds(env, "RANKSTREAM_METRIC_BOUNDS"),
         )

@@ -225,4 +225,4 @@ def test_config_from_env() -> None:
     assert str(error.value) == "RANKSTREAM_WS_JWT_SECRET is 5 bytes long; use at least 32 random bytes"
     with pytest.raises(SettingsError) as error:
         GatewayConfig.from_env({"RANKSTREAM_WS_MAX_SUBSCRIPTIONS": "2.5"})
-    assert str(error.value) == "RANKSTREAM_WS_MAX_SUBSCRIPTIONS=2.5 is not a whole number; set it to a whole number from 1 to 10000"
+    assert str(error.value) == "RANKSTREAM_WS_MAX_SUBSCRIPTIONS='2.5' is not a whole number; set it to a whole number from 1 to 10000"

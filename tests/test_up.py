@@ -115,7 +115,7 @@ def test_bad_setting_named_in_error(tmp_path: Path) -> None:
     env = {**os.environ, "RANKSTREAM_HTTP_PORT": "eighty", "RANKSTREAM_DATA_DIR": str(tmp_path)}
     result = cli("ingest", env=env)
     assert result.returncode == 2
-    assert result.stderr.strip() == "rankstream: RANKSTREAM_HTTP_PORT='eighty' is not an integer; set it to a whole number from 0 to 65535"
+    assert result.stderr.strip() == "rankstream: RANKSTREAM_HTTP_PORT='eighty' is not a whole number; set it to a whole number from 0 to 65535"
 
 
 def test_missing_servers_explained(tmp_path: Path) -> None:

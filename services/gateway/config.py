@@ -1,7 +1,7 @@
 """Gateway limits and options, read once from ``RANKSTREAM_WS_*`` environment variables.
 
 Every variable, its default and its unit is listed in ``docs/websocket.md``. A bad
-value raises :class:`shared.settings.SettingsError` naming the variable and the fix.
+value raises :class:`shared.env_values.SettingsError` naming the variable and the fix.
 """
 
 from __future__ import annotations
@@ -10,41 +10,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.settings import SettingsError
+from shared.env_values import SettingsError, read_flag, read_int, read_number
 
 # HS256 keys shorter than the hash output are easy to brute-force (RFC 7518, section 3.2).
 MIN_JWT_SECRET_BYTES = 32
-
-
-def _read_number(env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number; set it to a number from {minimum:g} to {maximum:g}") from None
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name}={value:g} is out of range; set it to a number from {minimum:g} to {maximum:g}")
-    return value
-
-
-def _read_int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    value = _read_number(env, name, default, minimum, maximum)
-    if value != int(value):
-        raise SettingsError(f"{name}={value:g} is not a whole number; set it to a whole number from {minimum} to {maximum}")
-    return int(value)
-
-
-def _read_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if raw == "":
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name}={raw!r} is not a flag; set it to 1 or 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,22 +54,22 @@ class GatewayConfig:
             )
         origins = frozenset(origin.strip().rstrip("/") for origin in (env.get("RANKSTREAM_WS_ALLOWED_ORIGINS") or "").split(",") if origin.strip())
         return cls(
-            max_updates_per_s=_read_number(env, "RANKSTREAM_WS_MAX_UPDATES_PER_S", 50.0, 0.1, 1000.0),
-            ping_interval_s=_read_number(env, "RANKSTREAM_WS_PING_INTERVAL_S", 20.0, 0.05, 3600.0),
-            ping_timeout_s=_read_number(env, "RANKSTREAM_WS_PING_TIMEOUT_S", 20.0, 0.05, 3600.0),
-            idle_timeout_s=_read_number(env, "RANKSTREAM_WS_IDLE_TIMEOUT_S", 60.0, 0.05, 86_400.0),
-            close_timeout_s=_read_number(env, "RANKSTREAM_WS_CLOSE_TIMEOUT_S", 5.0, 0.05, 60.0),
-            max_message_bytes=_read_int(env, "RANKSTREAM_WS_MAX_MESSAGE_BYTES", 4096, 256, 1024 * 1024),
-            max_subscriptions=_read_int(env, "RANKSTREAM_WS_MAX_SUBSCRIPTIONS", 50, 1, 10_000),
-            max_connections_per_ip=_read_int(env, "RANKSTREAM_WS_MAX_CONNECTIONS_PER_IP", 256, 1, 1_000_000),
-            max_invalid_messages=_read_int(env, "RANKSTREAM_WS_MAX_INVALID_MESSAGES", 10, 1, 10_000),
-            high_water_bytes=_read_int(env, "RANKSTREAM_WS_HIGH_WATER_BYTES", 256 * 1024, 1024, 1024 * 1024 * 1024),
-            slow_close_after_s=_read_number(env, "RANKSTREAM_WS_SLOW_CLOSE_AFTER_S", 10.0, 0.05, 3600.0),
-            history_max_changes=_read_int(env, "RANKSTREAM_WS_HISTORY_MAX_CHANGES", 5000, 0, 10_000_000),
-            history_max_board_periods=_read_int(env, "RANKSTREAM_WS_HISTORY_MAX_BOARD_PERIODS", 10_000, 1, 10_000_000),
-            loss_check_interval_s=_read_number(env, "RANKSTREAM_WS_LOSS_CHECK_INTERVAL_S", 5.0, 0.05, 3600.0),
+            max_updates_per_s=read_number(env, "RANKSTREAM_WS_MAX_UPDATES_PER_S", 50.0, 0.1, 1000.0),
+            ping_interval_s=read_number(env, "RANKSTREAM_WS_PING_INTERVAL_S", 20.0, 0.05, 3600.0),
+            ping_timeout_s=read_number(env, "RANKSTREAM_WS_PING_TIMEOUT_S", 20.0, 0.05, 3600.0),
+            idle_timeout_s=read_number(env, "RANKSTREAM_WS_IDLE_TIMEOUT_S", 60.0, 0.05, 86_400.0),
+            close_timeout_s=read_number(env, "RANKSTREAM_WS_CLOSE_TIMEOUT_S", 5.0, 0.05, 60.0),
+            max_message_bytes=read_int(env, "RANKSTREAM_WS_MAX_MESSAGE_BYTES", 4096, 256, 1024 * 1024),
+            max_subscriptions=read_int(env, "RANKSTREAM_WS_MAX_SUBSCRIPTIONS", 50, 1, 10_000),
+            max_connections_per_ip=read_int(env, "RANKSTREAM_WS_MAX_CONNECTIONS_PER_IP", 256, 1, 1_000_000),
+            max_invalid_messages=read_int(env, "RANKSTREAM_WS_MAX_INVALID_MESSAGES", 10, 1, 10_000),
+            high_water_bytes=read_int(env, "RANKSTREAM_WS_HIGH_WATER_BYTES", 256 * 1024, 1024, 1024 * 1024 * 1024),
+            slow_close_after_s=read_number(env, "RANKSTREAM_WS_SLOW_CLOSE_AFTER_S", 10.0, 0.05, 3600.0),
+            history_max_changes=read_int(env, "RANKSTREAM_WS_HISTORY_MAX_CHANGES", 5000, 0, 10_000_000),
+            history_max_board_periods=read_int(env, "RANKSTREAM_WS_HISTORY_MAX_BOARD_PERIODS", 10_000, 1, 10_000_000),
+            loss_check_interval_s=read_number(env, "RANKSTREAM_WS_LOSS_CHECK_INTERVAL_S", 5.0, 0.05, 3600.0),
             jwt_secret=secret,
             allowed_origins=origins,
-            reuse_port=_read_flag(env, "RANKSTREAM_WS_REUSE_PORT", False),
+            reuse_port=read_flag(env, "RANKSTREAM_WS_REUSE_PORT", False),
             public_url=env.get("RANKSTREAM_WS_PUBLIC_URL") or None,
         )
