@@ -320,3 +320,19 @@ async def test_known_empty_key_rejected_before_body(settings: Settings, redis_cl
 
     assert statuses == [202, 429]
     assert status_line.startswith(b"HTTP/1.1 429 ")
+
+
+async def test_opt_out_takes_a_token(settings: Settings, redis_client) -> None:
+    """An opt-out change costs a token like any keyed request; the one over the limit gets 429 and changes nothing."""
+    limited = replace(settings, rate_limit_per_minute=1, rate_limit_burst_requests=2)
+    key = await new_key(settings, KeyKind.DEVICE, "opt-u1")
+    headers = {"Authorization": f"Bearer {key}"}
+    async with ingest_client(limited) as http:
+        opted_out = await http.put("/v1/users/opt-u1/opt-out", headers=headers)
+        opted_out_again = await http.put("/v1/users/opt-u1/opt-out", headers=headers)
+        opted_in = await http.delete("/v1/users/opt-u1/opt-out", headers=headers)
+        opted_in_body = await opted_in.json(content_type=None)
+
+    assert [opted_out.status, opted_out_again.status, opted_in.status] == [200, 200, 429]
+    assert opted_in_body["type"] == "urn:rankstream:problem:rate-limited"
+    assert await redis_client.sismember(Names(settings.namespace).hidden_users, "opt-u1") == 1

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from services.ingest.admin_keys import authorise_admin
 from services.ingest.auth import AuthError
-from services.ingest.security import request_key
+from services.ingest.security import SECURITY_KEY, request_key
 from services.ingest.state import STATE_KEY, IngestState
 from shared.api_keys import KeyKind
 from shared.schema import IdString
@@ -97,7 +97,11 @@ async def get_hidden(request: web.Request) -> web.Response:
 
 
 async def _authorise_athlete(request: web.Request, user_id: str) -> None:
+    """Check that the key may change ``user_id``'s visibility, after taking the request's token from the key's bucket."""
     key = await request_key(request)
+    # Every request costs a token, as on the other routes that check a key, so a
+    # client cannot flood PostgreSQL with opt-out changes.
+    await request.app[SECURITY_KEY].rate_limiter.check(f"key:{key.id}")
     if key.kind is KeyKind.DEVICE and key.user_id != user_id:
         raise AuthError(403, f"this device key may change only user_id {key.user_id!r}, not {user_id!r}")
 
