@@ -50,17 +50,22 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
     started_s = time.perf_counter()
     request_id = (request.headers.get("X-Request-Id") or next_request_id())[:MAX_REQUEST_ID_CHARS]
     start_unit_of_work(request_id=request_id, method=request.method, path=request.path)
+    # Counted as 500 unless a response or a raised redirect says otherwise, so
+    # a cancelled request is counted too.
+    status = 500
     try:
-        response = await handler(request)
-    except Exception as error:  # noqa: BLE001 - every error becomes a problem response
-        if isinstance(error, web.HTTPException) and error.status < 400:
-            _record(request, error.status, started_s)
-            raise
-        response = await _problem_for(request, error, request_id)
-    except BaseException:
-        _record(request, 500, started_s)
-        raise
-    _record(request, response.status, started_s)
+        try:
+            response = await handler(request)
+        except Exception as error:  # noqa: BLE001 - every error becomes a problem response
+            if isinstance(error, web.HTTPException) and error.status < 400:
+                # aiohttp sends a raised redirect or empty success itself.
+                status = error.status
+                error.headers["X-Request-Id"] = request_id
+                raise
+            response = await _problem_for(request, error, request_id)
+        status = response.status
+    finally:
+        _record(request, status, started_s)
     response.headers["X-Request-Id"] = request_id
     return response
 
@@ -69,7 +74,12 @@ async def _problem_for(request: web.Request, error: Exception, request_id: str) 
     """Return the problem+json response of an error raised by a handler, logging it once."""
     security = request.app[SECURITY_KEY]
     if isinstance(error, AuthError):
-        await security.auth_failures.record(request, error)
+        try:
+            await security.auth_failures.record(request, error)
+        except Exception as failure:  # noqa: BLE001 - the client still gets its 401 or 403
+            # Such as Redis rejecting the script at maxmemory. Connection errors
+            # never get here: the limiter lets the request through on those.
+            log.error("failed authentication not counted", exc_info=failure)
         log.info("request not authorised", status=error.status)
         if error.status == 401:
             return problem(401, "unauthorized", "Unauthorized", error.detail, headers={"WWW-Authenticate": 'Bearer realm="rankstream"'})
@@ -93,8 +103,8 @@ async def _problem_for(request: web.Request, error: Exception, request_id: str) 
     if isinstance(error, web.HTTPRequestEntityTooLarge):
         return problem(413, "body-too-large", "Body too large", f"the request body exceeds {security.max_body_bytes} bytes; send a smaller batch")
     if isinstance(error, web.HTTPException):
-        kept = {name: value for name, value in error.headers.items() if name.lower() in _KEPT_ERROR_HEADERS}
-        return problem(error.status, "http-error", error.reason, error.text or error.reason, headers=kept or None)
+        kept_headers = {name: value for name, value in error.headers.items() if name.lower() in _KEPT_ERROR_HEADERS}
+        return problem(error.status, "http-error", error.reason, error.text or error.reason, headers=kept_headers or None)
     log.error("request failed", exc_info=error)
     return problem(500, "internal-error", "Internal server error", f"the request failed; quote request id {request_id} when reporting it")
 
