@@ -30,8 +30,8 @@ def configure_logging(level: str = "info", log_format: str = "auto", service: st
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if service is not None:
-        # A processor, not a context variable: handlers clear the context at
-        # the start of each request or connection, which would drop it.
+        # A processor, not a context variable: a request or connection starts
+        # its own log context, which would drop it.
         shared_processors.append(_ServiceName(service))
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
@@ -84,12 +84,13 @@ def start_unit_of_work(**fields: object) -> None:
 
 
 def bind_to_unit_of_work(**fields: object) -> None:
-    """Add ``fields`` to the current unit of work's log fields; they end with it."""
-    current = _unit_fields.get()
-    if current is None:
-        _unit_fields.set(fields)
-    else:
-        current.update(fields)
+    """Add ``fields`` to the current unit of work's log fields; they end with it.
+
+    The fields are copied, not changed in place: a task or thread started
+    earlier in the unit holds the same dict, and must neither see fields bound
+    here after it started nor have the dict change while it logs.
+    """
+    _unit_fields.set({**(_unit_fields.get() or {}), **fields})
 
 
 def _merge_unit_fields(_logger: object, _method: str, event_dict: dict) -> dict:
