@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -20,7 +21,7 @@ class SettingsError(ValueError):
 
 
 def read_int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    """Return the whole number in ``name``, from ``minimum`` to ``maximum``; text such as ``10.0`` or ``1e3`` counts when whole."""
+    """Return the whole number in ``name``, from ``minimum`` to ``maximum``; ``10.0`` or ``1e3`` count, being exactly whole."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -28,11 +29,12 @@ def read_int(env: Mapping[str, str], name: str, default: int, minimum: int, maxi
     try:
         value = int(raw)
     except ValueError:
+        # Decimal, not float: 7999.99999999999999 is not 8000.
         try:
-            number = float(raw)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or number != int(number):
+            number = Decimal(raw.strip())
+        except InvalidOperation:
+            number = Decimal("NaN")
+        if not number.is_finite() or number != number.to_integral_value():
             raise SettingsError(f"{name}={raw!r} is not a whole number; {fix}") from None
         value = int(number)
     if not minimum <= value <= maximum:

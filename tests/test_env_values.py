@@ -20,6 +20,8 @@ def test_read_int_values(raw: str | None, expected: int) -> None:
         ("2.5", "N='2.5' is not a whole number; set it to a whole number from 0 to 20"),
         ("nan", "N='nan' is not a whole number; set it to a whole number from 0 to 20"),
         ("inf", "N='inf' is not a whole number; set it to a whole number from 0 to 20"),
+        ("7.99999999999999999", "N='7.99999999999999999' is not a whole number; set it to a whole number from 0 to 20"),
+        ("8.0000000000000001", "N='8.0000000000000001' is not a whole number; set it to a whole number from 0 to 20"),
         ("21", "N=21 is out of range; set it to a whole number from 0 to 20"),
         ("-1", "N=-1 is out of range; set it to a whole number from 0 to 20"),
     ],
