@@ -83,7 +83,9 @@ class _ResponseReader(asyncio.Protocol):
         if head_end < 0:
             return None
         head = bytes(self.buffer[:head_end]).lower()
-        status = int(head[9:12])
+        status_text = head[9:12]
+        if not head.startswith(b"http/1.") or len(status_text) != 3 or not status_text.isdigit():
+            raise HttpError(f"the response does not start with an HTTP/1.x status line: {head[:40]!r}")
         marker = head.find(b"\r\ncontent-length:")
         if marker < 0:
             if b"chunked" in head:
@@ -91,13 +93,16 @@ class _ResponseReader(asyncio.Protocol):
             length = 0
         else:
             line_end = head.find(b"\r\n", marker + 2)
-            length = int(head[marker + 17 : line_end if line_end >= 0 else len(head)])
+            length_text = head[marker + 17 : line_end if line_end >= 0 else len(head)].strip()
+            if not length_text.isdigit():
+                raise HttpError(f"the response has Content-Length {length_text!r}, not a whole number of bytes")
+            length = int(length_text)
         body_start = head_end + 4
         if len(self.buffer) < body_start + length:
             return None
         body = bytes(self.buffer[body_start : body_start + length])
         del self.buffer[: body_start + length]
-        return status, body
+        return int(status_text), body
 
 
 class Connection:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
+from bench import http_load
 from bench.http_load import Connection, HttpError, build_request, closed_loop
 
 
@@ -78,3 +80,66 @@ async def test_closed_loop_counts_every_response() -> None:
     assert results.statuses == {200: 40, 404: 10}
     assert results.errors == 0
     assert len(results.latencies_s) == 50
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nab", "Content-Length b'-1', not a whole number of bytes"),
+        (b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nab", "does not start with an HTTP/1.x status line"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", "chunked responses are not supported"),
+    ],
+)
+async def test_malformed_responses_raise(response: bytes, message: str) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server, port = await _serve(handle)
+    async with server:
+        connection = await Connection.open("127.0.0.1", port)
+        try:
+            with pytest.raises(HttpError, match=re.escape(message)):
+                await connection.request(build_request("GET", "/"))
+        finally:
+            connection.close()
+
+
+async def test_response_without_length_has_empty_body() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server, port = await _serve(handle)
+    async with server:
+        connection = await Connection.open("127.0.0.1", port)
+        try:
+            assert await connection.request(build_request("GET", "/")) == (204, b"")
+        finally:
+            connection.close()
+
+
+async def test_request_times_out_when_no_response_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    answered = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await answered.wait()
+        writer.close()
+
+    monkeypatch.setattr(http_load, "REQUEST_TIMEOUT_S", 0.2)
+    server, port = await _serve(handle)
+    async with server:
+        connection = await Connection.open("127.0.0.1", port)
+        try:
+            with pytest.raises(TimeoutError):
+                await connection.request(build_request("GET", "/"))
+        finally:
+            answered.set()
+            connection.close()
