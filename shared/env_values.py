@@ -20,10 +20,16 @@ class SettingsError(ValueError):
     """An environment variable contains a value Rankstream cannot use."""
 
 
+def _given(env: Mapping[str, str], name: str) -> str | None:
+    """Return the text of ``name``, or None when it is unset or empty."""
+    raw = env.get(name)
+    return None if raw is None or raw == "" else raw
+
+
 def read_int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
     """Return the whole number in ``name``, from ``minimum`` to ``maximum``; ``10.0`` or ``1e3`` count, being exactly whole."""
-    raw = env.get(name)
-    if raw is None or raw == "":
+    raw = _given(env, name)
+    if raw is None:
         return default
     fix = f"set it to a whole number from {minimum} to {maximum}"
     try:
@@ -44,8 +50,8 @@ def read_int(env: Mapping[str, str], name: str, default: int, minimum: int, maxi
 
 def read_number(env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float) -> float:
     """Return the finite number in ``name``, from ``minimum`` to ``maximum``."""
-    raw = env.get(name)
-    if raw is None or raw == "":
+    raw = _given(env, name)
+    if raw is None:
         return default
     fix = f"set it to a number from {minimum:g} to {maximum:g}"
     try:
@@ -73,8 +79,8 @@ def read_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def read_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
     """Return the URL in ``name`` if its scheme is one of ``schemes``, or None when unset."""
-    raw = env.get(name)
-    if raw is None or raw == "":
+    raw = _given(env, name)
+    if raw is None:
         return None
     scheme = urlsplit(raw).scheme
     if scheme not in schemes:

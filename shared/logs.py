@@ -86,9 +86,9 @@ def start_unit_of_work(**fields: object) -> None:
 def bind_to_unit_of_work(**fields: object) -> None:
     """Add ``fields`` to the current unit of work's log fields; they end with it.
 
-    The fields are copied, not changed in place: a task or thread started
-    earlier in the unit holds the same dict, and must neither see fields bound
-    here after it started nor have the dict change while it logs.
+    The fields are copied, not changed in place. A task or thread started
+    earlier in the unit refers to the same dict, so changing it would add
+    these fields to the task's records, or change the dict while it logs.
     """
     _unit_fields.set({**(_unit_fields.get() or {}), **fields})
 

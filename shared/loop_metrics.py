@@ -8,8 +8,8 @@ keyed by label values, and prometheus-client renders them like its own,
 ``_created`` series included.
 
 They take no lock, so they are only for values that one thread changes: the
-event loop's, which also serves ``/metrics``. A scrape then never sees half an
-update. The label values are checked once per series, when it is created.
+event loop's, which also serves ``/metrics``. A scrape then never reads half
+an update. The label values are checked once per series, when it is created.
 """
 
 from __future__ import annotations

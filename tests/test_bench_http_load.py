@@ -16,6 +16,24 @@ async def _serve(handle) -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
+async def _request_once(response: bytes) -> tuple[int, bytes]:
+    """Send one request to a server that writes ``response`` and keeps the connection open; return what the client read."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server, port = await _serve(handle)
+    async with server:
+        connection = await Connection.open("127.0.0.1", port)
+        try:
+            return await connection.request(build_request("GET", "/"))
+        finally:
+            connection.close()
+
+
 async def test_response_in_pieces_and_keep_alive() -> None:
     """A response whose head and body arrive in separate writes is read whole, and the connection serves the next request."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -91,38 +109,12 @@ async def test_closed_loop_counts_every_response() -> None:
     ],
 )
 async def test_malformed_responses_raise(response: bytes, message: str) -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(response)
-        await writer.drain()
-        await reader.read()
-        writer.close()
-
-    server, port = await _serve(handle)
-    async with server:
-        connection = await Connection.open("127.0.0.1", port)
-        try:
-            with pytest.raises(HttpError, match=re.escape(message)):
-                await connection.request(build_request("GET", "/"))
-        finally:
-            connection.close()
+    with pytest.raises(HttpError, match=re.escape(message)):
+        await _request_once(response)
 
 
 async def test_response_without_length_has_empty_body() -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-        await writer.drain()
-        await reader.read()
-        writer.close()
-
-    server, port = await _serve(handle)
-    async with server:
-        connection = await Connection.open("127.0.0.1", port)
-        try:
-            assert await connection.request(build_request("GET", "/")) == (204, b"")
-        finally:
-            connection.close()
+    assert await _request_once(b"HTTP/1.1 204 No Content\r\n\r\n") == (204, b"")
 
 
 async def test_request_times_out_when_no_response_comes(monkeypatch: pytest.MonkeyPatch) -> None:

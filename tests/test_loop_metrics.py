@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from shared.loop_metrics import LoopCounter, LoopHistogram
 
 
-def test_counter_adds_per_label_set_and_tells_when_each_began() -> None:
+def test_counter_sums_per_label_set() -> None:
+    """Each label set sums its increments and exports when it was created."""
     registry = CollectorRegistry()
     counter = LoopCounter("demo_requests", "Requests.", ["route", "status"], registry)
     before = time.time()
@@ -53,7 +54,8 @@ def test_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
     assert before <= registry.get_sample_value("demo_seconds_created", {"route": "/a"}) <= time.time()
 
 
-def test_histogram_with_infinite_last_bound_has_one_inf_bucket() -> None:
+def test_histogram_infinite_bound_kept_once() -> None:
+    """A bucket list ending in +Inf gives one +Inf bucket, not two."""
     registry = CollectorRegistry()
     histogram = LoopHistogram("demo_inf_seconds", "Durations.", [], [1, math.inf], registry)
     histogram.observe((), 5.0)

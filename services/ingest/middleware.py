@@ -1,7 +1,7 @@
 """The one middleware of the ingest application: request id, log fields, problem responses and request metrics.
 
 It is one middleware instead of two because each layer costs every request a
-call and a frame; an instruction count of single-event POSTs under callgrind
+call and a frame. An instruction count of single-event POSTs under callgrind
 showed the second layer.
 """
 
@@ -50,8 +50,8 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
     started_s = time.perf_counter()
     request_id = (request.headers.get("X-Request-Id") or next_request_id())[:MAX_REQUEST_ID_CHARS]
     start_unit_of_work(request_id=request_id, method=request.method, path=request.path)
-    # Counted as 500 unless a response or a raised redirect says otherwise, so
-    # a cancelled request is counted too.
+    # Counted as 500 unless a response or a raised redirect gives another
+    # status, so a cancelled request is counted too.
     status = 500
     try:
         try:
